@@ -1,0 +1,158 @@
+"""The ``meterstream`` command: one subcommand per process, and the local tools."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+import click
+
+from meterstream import __version__, logs
+from meterstream import settings as settings_mod
+from meterstream.settings import Settings
+
+
+class Context:
+    def __init__(self, config: str | None, log_level: str | None, log_format: str | None) -> None:
+        overrides: dict[str, Any] = {}
+        if log_level:
+            overrides["log_level"] = log_level
+        if log_format:
+            overrides["log_format"] = log_format
+        try:
+            self.settings: Settings = settings_mod.load(config, **overrides)
+        except (FileNotFoundError, ValueError) as exc:
+            raise click.UsageError(f"configuration: {exc}") from None
+        logs.configure(self.settings.log_level, self.settings.log_format)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="meterstream")
+@click.option("--config", "-c", type=click.Path(dir_okay=False), envvar="MS_CONFIG",
+              help="TOML configuration file (environment variables MS_* override it).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None)
+@click.option("--log-format", type=click.Choice(["auto", "json", "console"]), default=None)
+@click.pass_context
+def main(ctx: click.Context, config: str | None, log_level: str | None, log_format: str | None) -> None:
+    """meterstream: HAProxy access logs -> Kafka -> per-customer metering -> Postgres and the vault.
+
+    Configuration comes from --config FILE (TOML), then MS_* environment variables
+    (e.g. MS_KAFKA__BOOTSTRAP, MS_POSTGRES__DSN); the embedded defaults point at the local
+    services of `meterstream dev up`.
+    """
+    ctx.obj = Context(config, log_level, log_format)
+
+
+def _run(coro: Any) -> Any:
+    try:
+        return asyncio.run(coro)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+@main.command()
+@pass_ctx
+def migrate(obj: Context) -> None:
+    """Apply pending Postgres migrations (schemas/sql), in order, idempotently."""
+    from meterstream import pg
+    from meterstream.schemas.migrate import MigrationError
+    from meterstream.schemas.migrate import migrate as apply
+
+    async def go() -> list[str]:
+        conn = await pg.connect(obj.settings)
+        try:
+            return [f"{m.version:04d}_{m.name}" for m in await apply(conn)]
+        finally:
+            await conn.close()
+
+    try:
+        applied = _run(go())
+    except MigrationError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
+
+
+@main.group()
+def topics() -> None:
+    """Kafka topics of SPEC §5."""
+
+
+@topics.command("create")
+@click.option("--partitions", default=4, show_default=True, type=click.IntRange(1, 1024))
+@pass_ctx
+def topics_create(obj: Context, partitions: int) -> None:
+    """Create the topics that do not exist yet (compacted ones with cleanup.policy=compact)."""
+    from meterstream.kafka import ensure_topics
+
+    created = _run(ensure_topics(obj.settings, partitions))
+    click.echo("created: " + ", ".join(created) if created else "all topics exist")
+
+
+@main.group()
+def dev() -> None:
+    """Local Kafka (KRaft) and Postgres for development and tests, on loopback.
+
+    State lives in MS_DEV_DIR (default /var/lib/meterstream-dev as root,
+    ~/.local/state/meterstream-dev otherwise); broker jars are cached in ~/.cache/meterstream.
+    """
+
+
+def _dev():  # noqa: ANN202 - the import is deferred: only `dev` needs these modules
+    from meterstream.devservices import DevServices
+    from meterstream.devservices.system import ServiceError
+
+    return DevServices.default(), ServiceError
+
+
+@dev.command("up")
+def dev_up() -> None:
+    """Install what is missing, create and start Kafka and Postgres; idempotent."""
+    services, error = _dev()
+    try:
+        for line in services.up():
+            click.echo(line)
+    except error as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@dev.command("down")
+def dev_down() -> None:
+    """Stop the Kafka broker and Postgres cluster that `dev up` started."""
+    services, error = _dev()
+    try:
+        for line in services.down():
+            click.echo(line)
+    except error as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@dev.command("status")
+def dev_status() -> None:
+    """Say whether the local services are running."""
+    services, _ = _dev()
+    for name, state in services.status().items():
+        click.echo(f"{name}: {state}")
+
+
+@main.command()
+@pass_ctx
+def demo(obj: Context) -> None:
+    """Run locally on embedded defaults: start the services, migrate, create the topics,
+    load the sample customers and keys, and show what is there."""
+    from meterstream.demo import run
+
+    services, error = _dev()
+    try:
+        for line in services.up():
+            click.echo(line)
+    except error as exc:
+        raise click.ClickException(str(exc)) from None
+    _run(run(obj.settings, click.echo))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

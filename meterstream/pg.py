@@ -1,0 +1,32 @@
+"""Postgres connections (asyncpg) with retry and backoff while the server is unreachable."""
+
+from __future__ import annotations
+
+import asyncpg
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+
+from meterstream import logs
+from meterstream.settings import Settings
+
+log = logs.get(__name__)
+
+# Errors that mean "the server is not there (yet)": retried; anything else is a real error.
+TRANSIENT = (OSError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
+             asyncpg.ConnectionDoesNotExistError)
+
+
+async def connect(settings: Settings, *, dsn: str | None = None, give_up_after_s: float = 60.0) -> asyncpg.Connection:
+    target = dsn or settings.postgres.dsn.get_secret_value()
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception_type(TRANSIENT),
+        wait=wait_exponential_jitter(initial=0.2, max=5.0),
+        stop=stop_after_delay(give_up_after_s),
+        reraise=True,
+        before_sleep=lambda state: log.warning(
+            "postgres unreachable, retrying", attempt=state.attempt_number,
+            error=type(state.outcome.exception()).__name__,
+        ),
+    ):
+        with attempt:
+            return await asyncpg.connect(target, timeout=settings.postgres.connect_timeout_s)
+    raise AssertionError("unreachable")

@@ -1,0 +1,110 @@
+"""Log records on ``haproxy.logs``, dead letters on ``haproxy.logs.rejected``, and resolved
+records on ``meter.resolved`` (SPEC §4, §5)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from meterstream.schemas.enums import (
+    VALID_EVENT_TYPES,
+    FeType,
+    Network,
+    ServiceType,
+    TrafficType,
+    UnauthReason,
+)
+from meterstream.schemas.types import CustomerRef, EpochMs, Fingerprint, Timer
+from meterstream.schemas.wire import WireModel
+
+PATH_PREFIX_LEN = 10
+
+
+def _event_type(code: int) -> int:
+    if code not in VALID_EVENT_TYPES:
+        raise ValueError(f"event_type {code} is not one of SPEC §2's codes")
+    return code
+
+
+class SourcePosition(BaseModel):
+    """Where a record comes from in an ordered, replayable stream.
+
+    ``stream`` identifies one ordered source (for the tailer: host, device, inode and a
+    fingerprint of the file's first bytes); ``offset`` is the byte offset of the line in it.
+    Positions only grow along one stream, which is what downstream deduplication relies on.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stream: str = Field(min_length=1, max_length=256)
+    offset: int = Field(ge=0)
+
+
+class LogRecord(WireModel):
+    """One HAProxy request. Field names are SPEC §4's, as the JSON log line carries them."""
+
+    ts: EpochMs = Field(description="request time, epoch milliseconds")
+    request_id: str = Field(min_length=1, max_length=128)
+    client_ip: str = Field(max_length=64)
+    api_key_fp: Fingerprint | None = None
+    service_type: ServiceType | None = None
+    network: Network | None = None
+    server_id: int | None = Field(default=None, ge=0, le=32767)
+    fe_type: FeType | None = None
+    traffic_type: TrafficType = TrafficType.NA
+    event_type: Annotated[int, AfterValidator(_event_type)] = 0
+    key_metadata: str | None = Field(default=None, max_length=64)
+    status: int = Field(ge=-1, le=999, description="HTTP status; -1 when none was sent")
+    bytes_sent: int = Field(ge=0)
+    path: str = Field(default="", max_length=PATH_PREFIX_LEN)
+    TR: Timer = -1
+    Tw: Timer = -1
+    Tc: Timer = -1
+    Tr: Timer = -1
+    Ta: Timer = -1
+    backend_id: int | None = Field(default=None, ge=0)
+    termination_state: str = Field(default="", max_length=4)
+    config_hex: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]*$", max_length=64)
+    src: SourcePosition
+
+    @property
+    def is_billable(self) -> bool:
+        """SPEC §2: traffic_type guaranteed or burst, and status 200-399."""
+        return self.traffic_type.is_chargeable and 200 <= self.status <= 399
+
+
+class RejectedLine(WireModel):
+    """A line that did not become a LogRecord: never dropped silently (SPEC §4)."""
+
+    source: str = Field(min_length=1, description="file path or syslog peer")
+    position: SourcePosition | None = None
+    reason: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9_]*$", description="machine code")
+    detail: str = ""
+    raw: str = Field(description="the line, as text or base64 (raw_encoding)")
+    raw_encoding: Literal["utf-8", "base64"] = "utf-8"
+    raw_bytes: int = Field(ge=0, description="length of the whole line in bytes")
+    raw_truncated: bool = False
+    at: EpochMs = Field(description="when ingest rejected it, epoch milliseconds")
+
+
+class KafkaPosition(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    topic: str = Field(min_length=1)
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+
+
+class ResolvedRecord(LogRecord):
+    """A LogRecord with its customer (0 when unauthenticated, with the reason)."""
+
+    customer_id: CustomerRef
+    unauth: UnauthReason | None = None
+    upstream: KafkaPosition
+
+    @model_validator(mode="after")
+    def _customer_or_reason(self) -> ResolvedRecord:
+        if (self.customer_id == 0) != (self.unauth is not None):
+            raise ValueError("customer_id is 0 exactly when unauth names the reason")
+        return self

@@ -1,0 +1,45 @@
+"""Per-minute usage windows on ``meter.usage`` (SPEC §6), with absolute totals."""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator, model_validator
+
+from meterstream.schemas.enums import Network, ServiceType
+from meterstream.schemas.types import Count, CustomerRef, EpochMs
+from meterstream.schemas.wire import WireModel
+
+WINDOW_MS = 60_000
+
+
+class UsageWindow(WireModel):
+    """Totals of one (customer, service, network, minute). Each message supersedes the one
+    before it for the same window; ``revision`` grows with every change so a consumer can
+    ignore a stale or replayed message."""
+
+    customer_id: CustomerRef
+    service_type: ServiceType
+    network: Network
+    window_start: EpochMs = Field(description="epoch ms, a multiple of 60,000")
+    revision: int = Field(ge=1)
+    final: bool = False
+    requests: Count = 0
+    billable: Count = 0
+    bytes_sent: Count = 0
+    denied: Count = 0
+    client_errors: Count = 0
+    server_errors: Count = 0
+    ta_sum_ms: Count = 0
+
+    @field_validator("window_start")
+    @classmethod
+    def _on_minute(cls, value: int) -> int:
+        if value % WINDOW_MS:
+            raise ValueError("window_start must be on a minute boundary")
+        return value
+
+    @model_validator(mode="after")
+    def _parts_within_total(self) -> UsageWindow:
+        for name in ("billable", "denied", "client_errors", "server_errors"):
+            if getattr(self, name) > self.requests:
+                raise ValueError(f"{name} cannot exceed requests")
+        return self

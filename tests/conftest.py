@@ -1,0 +1,137 @@
+"""Session fixtures: one real Kafka broker and one real Postgres per test session.
+
+Services are started by the project's own dev services (idempotent: reused when running).
+Set MS_TEST_EXTERNAL=1 to use already-running services named by MS_KAFKA__BOOTSTRAP and
+MS_TEST_PG_ADMIN_DSN instead. Each test gets its own database (a copy of a migrated template)
+and its own topics, so tests do not interfere.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+
+import asyncpg
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from meterstream import settings as settings_mod
+from meterstream.schemas.migrate import migrate
+from meterstream.settings import Settings
+
+
+@dataclass(frozen=True)
+class Services:
+    kafka_bootstrap: str
+    pg_admin_dsn: str  # a superuser DSN to the `postgres` database
+
+    def dsn(self, database: str) -> str:
+        return self.pg_admin_dsn.rsplit("/", 1)[0] + "/" + database
+
+
+@pytest.fixture(scope="session")
+def services() -> Services:
+    if os.environ.get("MS_TEST_EXTERNAL"):
+        return Services(os.environ["MS_KAFKA__BOOTSTRAP"], os.environ["MS_TEST_PG_ADMIN_DSN"])
+    from meterstream.devservices import DevServices
+
+    dev = DevServices.default()
+    dev.up()
+    return Services(dev.kafka.bootstrap, dev.postgres.dsn.rsplit("/", 1)[0] + "/postgres")
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+async def pg_template(services: Services) -> AsyncIterator[str]:
+    """A database migrated once per session; each test's database is a copy of it."""
+    name = unique("ms_tpl")
+    admin = await asyncpg.connect(services.pg_admin_dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    conn = await asyncpg.connect(services.dsn(name))
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    yield name
+    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    await admin.close()
+
+
+async def _create_db(services: Services, template: str | None) -> str:
+    name = unique("ms_test")
+    admin = await asyncpg.connect(services.pg_admin_dsn)
+    try:
+        clause = f' TEMPLATE "{template}"' if template else ""
+        await admin.execute(f'CREATE DATABASE "{name}"{clause}')
+    finally:
+        await admin.close()
+    return name
+
+
+async def _drop_db(services: Services, name: str) -> None:
+    admin = await asyncpg.connect(services.pg_admin_dsn)
+    try:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
+async def pg_dsn(services: Services, pg_template: str) -> AsyncIterator[str]:
+    """A migrated database of this test's own."""
+    name = await _create_db(services, pg_template)
+    yield services.dsn(name)
+    await _drop_db(services, name)
+
+
+@pytest.fixture
+async def empty_pg_dsn(services: Services) -> AsyncIterator[str]:
+    """An empty database of this test's own (for migration tests)."""
+    name = await _create_db(services, None)
+    yield services.dsn(name)
+    await _drop_db(services, name)
+
+
+@pytest.fixture
+async def pg(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    conn = await asyncpg.connect(pg_dsn)
+    yield conn
+    await conn.close()
+
+
+@pytest.fixture
+async def new_topic(services: Services) -> AsyncIterator[Callable[..., Awaitable[str]]]:
+    """Creates topics with unique names for this test; deletes them afterwards."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
+    await admin.start()
+    created: list[str] = []
+
+    async def make(prefix: str = "t", partitions: int = 1, compacted: bool = False) -> str:
+        name = unique(prefix.replace(".", "_"))
+        configs = {"cleanup.policy": "compact"} if compacted else {}
+        await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs)])
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        await admin.delete_topics(created)
+    await admin.close()
+
+
+@pytest.fixture
+def settings_for(services: Services) -> Callable[..., Settings]:
+    """Settings pointing at the test services (and a given database)."""
+
+    def make(dsn: str | None = None, **overrides: object) -> Settings:
+        base: dict[str, object] = {"kafka": {"bootstrap": services.kafka_bootstrap}}
+        if dsn is not None:
+            base["postgres"] = {"dsn": dsn}
+        return settings_mod.load(None, **{**base, **overrides})
+
+    return make

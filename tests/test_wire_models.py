@@ -1,0 +1,146 @@
+"""Wire models (schemas/): round trips, and invalid payloads fail naming the field."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from meterstream.schemas import (
+    CustomerState,
+    LimitEvent,
+    LogRecord,
+    ResolvedRecord,
+    UsageWindow,
+    WireError,
+    decode,
+    encode,
+)
+from meterstream.schemas.enums import EventClass, ServiceType, TrafficType
+from meterstream.schemas.topics import TOPICS, key_of
+from tests.examples import EXAMPLES, LOG
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_round_trip_is_identity(name: str) -> None:
+    value = EXAMPLES[name]
+    assert decode(type(value), encode(value)) == value
+
+
+def test_every_topic_has_an_example() -> None:
+    assert {spec.value.__name__ for spec in TOPICS.values()} == set(EXAMPLES)
+
+
+def test_enums_travel_as_codes_and_names() -> None:
+    payload = orjson.loads(encode(EXAMPLES["InstanceState"]))
+    assert payload["service_type"] == 2 and payload["tier"] == "enterprise" and payload["v"] == 1
+    assert orjson.loads(encode(LOG))["traffic_type"] == 1
+
+
+def _with(model_name: str, **changes: object) -> bytes:
+    data = orjson.loads(encode(EXAMPLES[model_name]))
+    for path, value in changes.items():
+        target = data
+        *parents, leaf = path.split("__")
+        for part in parents:
+            target = target[part]
+        if value is _DELETE:
+            del target[leaf]
+        else:
+            target[leaf] = value
+    return orjson.dumps(data)
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("model", "changes", "field"),
+    [
+        ("LogRecord", {"status": "two hundred"}, "status"),
+        ("LogRecord", {"api_key_fp": 0}, "api_key_fp"),
+        ("LogRecord", {"api_key_fp": 2**31}, "api_key_fp"),
+        ("LogRecord", {"service_type": 9}, "service_type"),
+        ("LogRecord", {"event_type": 42}, "event_type"),
+        ("LogRecord", {"Ta": -2}, "Ta"),
+        ("LogRecord", {"path": "x" * 11}, "path"),
+        ("LogRecord", {"request_id": _DELETE}, "request_id"),
+        ("LogRecord", {"src__offset": -1}, "src.offset"),
+        ("LogRecord", {"surprise": 1}, "surprise"),
+        ("LogRecord", {"v": 2}, "v"),
+        ("ApiKeyState", {"api_key_hash": "ABC"}, "api_key_hash"),
+        ("ApiKeyState", {"customer_id": 0}, "customer_id"),
+        ("ApiKeyState", {"customer_id": "7d1f1e5e-0000-4000-8000-000000000000"}, "customer_id"),
+        ("CustomerState", {"spend_cap_micros": 100.5}, "spend_cap_micros"),
+        ("CustomerState", {"balance_micros": 2.0}, "balance_micros"),
+        ("CustomerState", {"status": "frozen"}, "status"),
+        ("UsageWindow", {"window_start": 1_764_072_000_001}, "window_start"),
+        ("UsageWindow", {"requests": 1.0}, "requests"),
+        ("LimitEvent", {"kind": "spend_panic"}, "kind"),
+        ("VaultEntry", {"services__seal__tier": "gold"}, "services.seal.tier"),
+        ("VaultEntry", {"status": "banned"}, "status"),
+        ("RejectedLine", {"reason": "Not A Code"}, "reason"),
+    ],
+)
+def test_invalid_payload_names_the_field(model: str, changes: dict, field: str) -> None:
+    with pytest.raises(WireError) as info:
+        decode(type(EXAMPLES[model]), _with(model, **changes))
+    assert info.value.field == field
+    assert str(info.value).startswith(f"{model}.{field}: ")
+
+
+def test_not_json_is_a_wire_error() -> None:
+    with pytest.raises(WireError, match="LogRecord: not JSON"):
+        decode(LogRecord, b"\xff{")
+
+
+def test_model_level_rules() -> None:
+    with pytest.raises(WireError, match="billable cannot exceed requests"):
+        decode(UsageWindow, _with("UsageWindow", billable=11))
+    with pytest.raises(WireError, match="customer_id is 0 exactly when unauth"):
+        decode(ResolvedRecord, _with("ResolvedRecord", unauth=None))
+    with pytest.raises(WireError, match="spend_cap_micros must be within"):
+        decode(CustomerState, _with("CustomerState", spend_cap_micros=50_000_010_000))
+    with pytest.raises(WireError, match="enterprise instance names its guaranteed_rps"):
+        decode(type(EXAMPLES["InstanceState"]), _with("InstanceState", guaranteed_rps=None))
+
+
+def test_billable_rule() -> None:
+    def rec(traffic: TrafficType, status: int) -> LogRecord:
+        return LOG.model_copy(update={"traffic_type": traffic, "status": status})
+
+    assert rec(TrafficType.GUARANTEED, 200).is_billable
+    assert rec(TrafficType.BURST, 399).is_billable
+    assert not rec(TrafficType.BURST, 400).is_billable
+    assert not rec(TrafficType.GUARANTEED, 199).is_billable
+    assert not rec(TrafficType.DENIED, 200).is_billable
+    assert not rec(TrafficType.NA, 200).is_billable
+    assert [t for t in TrafficType if t.is_denied] == [3, 4, 5, 6]
+
+
+def test_event_classes_cover_spec_codes() -> None:
+    assert EventClass.of(0) is EventClass.SUCCESS
+    assert {EventClass.of(c) for c in range(10, 17)} == {EventClass.AUTH_FAILURE}
+    assert EventClass.of(21) is EventClass.IP_BLOCK
+    assert EventClass.of(30) is EventClass.AUTHORIZATION
+    assert EventClass.of(63) is EventClass.BACKEND_ERROR
+    for code in (1, 17, 22, 31, 49, 64):
+        with pytest.raises(ValueError):
+            EventClass.of(code)
+
+
+def test_keys_follow_spec_section_5() -> None:
+    assert key_of(LOG) == str(LOG.api_key_fp).encode()
+    assert key_of(LOG.model_copy(update={"api_key_fp": None})) == b"-"
+    assert key_of(EXAMPLES["ResolvedRecord"]) == b"0"
+    assert key_of(EXAMPLES["InstanceState"]) == b"184467441:2"
+    assert key_of(EXAMPLES["UsageWindow"]) == b"184467441:1:0:1764072000000"
+    assert key_of(EXAMPLES["RejectedLine"]) == b"/var/log/haproxy.log"
+    assert isinstance(EXAMPLES["LimitEvent"], LimitEvent)
+    assert key_of(EXAMPLES["LimitEvent"]) == b"184467441"
+
+
+def test_service_key_prefixes() -> None:
+    assert [s.key_prefix for s in ServiceType] == ["S", "R", "G"]
+    assert ServiceType.from_key_prefix("G") is ServiceType.GRAPHQL
+    with pytest.raises(ValueError):
+        ServiceType.from_key_prefix("X")
