@@ -76,6 +76,21 @@ def migrate(obj: Context) -> None:
     click.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
 
 
+@main.command()
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, allow_dash=True))
+@click.option("--fail-on-reject", is_flag=True, help="Exit 1 when any line was rejected.")
+def parse(files: tuple[str, ...], fail_on_reject: bool) -> None:
+    """Parse HAProxy log lines (FILES, or stdin) and print one JSON object per line:
+    the record's fields, or {"rejected": reason, "raw": line}. Needs no Kafka."""
+    from meterstream.ingest.parse_command import run
+
+    records, rejected = run(files, sys.stdout.buffer)
+    sys.stdout.flush()
+    click.echo(f"{records} records, {rejected} rejected", err=True)
+    if fail_on_reject and rejected:
+        sys.exit(1)
+
+
 @main.group()
 def topics() -> None:
     """Kafka topics of SPEC §5."""

@@ -66,3 +66,29 @@ def test_dev_status_reports_running_services(services: Services) -> None:
     again = meterstream("dev", "up")
     assert again.returncode == 0
     assert "started" not in again.stdout and "created" not in again.stdout
+
+
+def test_parse_prints_one_object_per_line_in_order(tmp_path: Path) -> None:
+    import orjson
+
+    from tests.test_parser import BADREQ_JSON, HTTPLOG, JSON_LINE
+
+    log = tmp_path / "haproxy.log"
+    log.write_bytes(f"{JSON_LINE}\nnot a log line\n{HTTPLOG}\n\n".encode() + b"\xff\n" + BADREQ_JSON.encode())
+    out = meterstream("parse", str(log))
+    assert out.returncode == 0, out.stderr
+    rows = [orjson.loads(line) for line in out.stdout.splitlines()]
+    assert len(rows) == 6
+    assert rows[0]["request_id"].startswith("7F000001:9296") and rows[0]["status"] == 200
+    assert rows[0]["path"] == "v1/fetch_k" and rows[0]["Ta"] == 4
+    assert rows[1] == {"rejected": "unknown_format", "detail": rows[1]["detail"], "raw": "not a log line"}
+    assert rows[2]["bytes_sent"] == 1532 and rows[2]["ts"] == 1795625401123
+    assert rows[3]["rejected"] == "empty_line"
+    assert rows[4]["rejected"] == "invalid_utf8" and rows[4]["raw"] == "\\xff"
+    assert rows[5]["request_id"].startswith("ms-") and rows[5]["status"] == 400
+    assert "4 records, 2 rejected" not in out.stderr and "3 records, 3 rejected" in out.stderr
+    assert meterstream("parse", "--fail-on-reject", str(log)).returncode == 1
+
+    piped = subprocess.run([shutil.which("meterstream", path=str(Path(sys.executable).parent)), "parse"],
+                           input=JSON_LINE.encode(), capture_output=True, timeout=60)
+    assert piped.returncode == 0 and orjson.loads(piped.stdout)["status"] == 200
