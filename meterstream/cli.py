@@ -91,6 +91,39 @@ def parse(files: tuple[str, ...], fail_on_reject: bool) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.argument("files", nargs=-1)
+@click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
+              help="Checkpoint file (default: tail.checkpoint_path).")
+@click.option("--http-port", type=int, default=None, help="Port of /metrics and /healthz (0: any).")
+@pass_ctx
+def tail(obj: Context, files: tuple[str, ...], checkpoint: str | None, http_port: int | None) -> None:
+    """Follow HAProxy log FILES (paths or globs; default: tail.paths) into haproxy.logs.
+
+    Survives rotation by rename and by copytruncate; checkpoints only what Kafka
+    acknowledged, so a crash repeats lines (same request ids) and never loses one.
+    Lines that do not parse go to haproxy.logs.rejected with their reason.
+    """
+    from meterstream.ingest.tailer import Tailer
+    from meterstream.service import serve
+
+    settings = _with(obj.settings, tail={"paths": list(files) or obj.settings.tail.paths,
+                                         **({"checkpoint_path": checkpoint} if checkpoint else {})},
+                     http={"port": http_port} if http_port is not None else {})
+    try:
+        tailer = Tailer(settings)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    _run(serve("tail", settings, tailer.run, tailer.request_stop, tailer.health))
+
+
+def _with(settings: Settings, **sections: dict[str, Any]) -> Settings:
+    """Settings with some fields of some sections replaced (command-line flags)."""
+    updates = {name: getattr(settings, name).model_copy(update=values)
+               for name, values in sections.items() if values}
+    return settings.model_copy(update=updates)
+
+
 @main.group()
 def topics() -> None:
     """Kafka topics of SPEC §5."""

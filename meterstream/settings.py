@@ -59,6 +59,40 @@ class KeySettings(Section):
     key_store_b64: SecretStr = SecretStr("ZGV2LW9ubHktYXBpLWtleS1zdG9yZS1rZXktMzJieXQ=")
 
 
+class TailSettings(Section):
+    """`meterstream tail`: files (globs) followed into haproxy.logs."""
+
+    paths: list[str] = Field(default_factory=list, description="files or globs to follow")
+    exclude: list[str] = Field(default_factory=lambda: ["*.gz", "*.bz2", "*.xz", "*.zst"])
+    checkpoint_path: str = "meterstream-tail.checkpoint"
+    checkpoint_interval_s: float = Field(default=1.0, gt=0)
+    max_line_bytes: int = Field(default=64 * 1024, ge=1024)
+    round_lines: int = Field(default=20_000, ge=1, description="lines read per produce round")
+    round_bytes: int = Field(default=8 * 1024 * 1024, ge=4096)
+    poll_interval_s: float = Field(default=0.2, gt=0)
+    rotate_grace_s: float = Field(default=2.0, ge=0, description="wait for late writes to a rotated file")
+    host: str = Field(default="", description="source host in positions; default: this host's name")
+
+
+class ProduceSettings(Section):
+    """How ingest writes to Kafka (idempotent producer, acks=all)."""
+
+    linger_ms: int = Field(default=5, ge=0)
+    batch_bytes: int = Field(default=900_000, ge=1024, description="below the broker's message.max.bytes")
+    send_timeout_s: float = Field(default=30.0, gt=0, description="bound on one round's acknowledgement")
+    stop_timeout_s: float = Field(default=10.0, gt=0, description="bound on closing a producer")
+    retry_backoff_max_s: float = Field(default=10.0, gt=0)
+    dead_letter_raw_bytes: int = Field(default=8192, ge=256, description="raw bytes kept of a rejected line")
+
+
+class SyslogSettings(Section):
+    """`meterstream syslog`: a syslog receiver (UDP, and TCP with newline or octet framing)."""
+
+    udp: str | None = Field(default="127.0.0.1:5514", description="host:port, or empty to disable")
+    tcp: str | None = Field(default="127.0.0.1:5514", description="host:port, or empty to disable")
+    queue_lines: int = Field(default=50_000, ge=1, description="lines buffered before back-pressure")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MS_",
@@ -71,6 +105,9 @@ class Settings(BaseSettings):
     postgres: PostgresSettings = PostgresSettings()
     http: HttpSettings = HttpSettings()
     keys: KeySettings = KeySettings()
+    tail: TailSettings = TailSettings()
+    produce: ProduceSettings = ProduceSettings()
+    syslog: SyslogSettings = SyslogSettings()
     log_level: str = "info"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
 

@@ -1,0 +1,249 @@
+"""Following log files by name while they rotate (the tailer's file side; no Kafka here).
+
+A file's identity is its device and inode plus a hash of its first line (so a reused inode is
+a new file). Rotation by rename: the renamed file is drained to its end (and a grace period
+for late writes) before it is closed, and its successor is read after it. Rotation by
+copytruncate: the original's first line changes; the lines not yet read are recovered from
+the copy (a file beside it with the same first line), then the truncated file is read anew.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from meterstream import logs
+
+log = logs.get(__name__)
+
+HEAD_BYTES = 1024
+READ_CHUNK = 1024 * 1024
+
+
+def head_hash(fd: int) -> str | None:
+    """Hash of the first line (or first HEAD_BYTES); None while the first line is incomplete."""
+    head = os.pread(fd, HEAD_BYTES, 0)
+    newline = head.find(b"\n")
+    if newline >= 0:
+        head = head[: newline + 1]
+    elif len(head) < HEAD_BYTES:
+        return None
+    return hashlib.blake2b(head, digest_size=8).hexdigest()
+
+
+@dataclass(slots=True)
+class Line:
+    stream: str  # identity of the file the line belongs to
+    path: str
+    offset: int  # of the line's first byte
+    end: int  # offset just past its newline
+    data: bytes  # without the newline; the first bytes only when too_long
+    too_long: int = 0  # the whole line's length when it exceeded the maximum
+
+
+@dataclass
+class FollowedFile:
+    path: str
+    fd: int
+    dev: int
+    ino: int
+    head: str
+    stream: str
+    offset: int
+    rotated_at: float | None = None
+    # inside a line longer than the maximum: (start offset, first bytes kept)
+    overlong: tuple[int, bytes] | None = None
+    # a copytruncate copy is read as the rest of its original's stream; this is its own identity
+    own_stream: str | None = None
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+@dataclass
+class FileSet:
+    patterns: list[str]
+    exclude: list[str]
+    host: str
+    max_line_bytes: int
+    keep_raw_bytes: int
+    rotate_grace_s: float
+    # stream identity -> offset to resume from (the checkpoint)
+    resume: dict[str, int] = field(default_factory=dict)
+    files: dict[tuple[int, int, str], FollowedFile] = field(default_factory=dict)
+
+    def identity(self, dev: int, ino: int, head: str) -> str:
+        return f"{self.host}:{dev}:{ino}:{head}"
+
+    # -- discovery and rotation --------------------------------------------------------------
+    def _matching_paths(self) -> list[str]:
+        paths: set[str] = set()
+        for pattern in self.patterns:
+            for path in glob.glob(pattern) if glob.has_magic(pattern) else [pattern]:
+                name = os.path.basename(path)
+                if not any(fnmatch.fnmatch(name, ex) for ex in self.exclude) and os.path.isfile(path):
+                    paths.add(os.path.abspath(path))
+        return sorted(paths)
+
+    def poll(self) -> list[FollowedFile]:
+        """Notice new, rotated and truncated files. Returns the copies found for truncated
+        files, each positioned where its original was left."""
+        now = time.monotonic()
+        seen: set[tuple[int, int, str]] = set()
+        continuations: list[FollowedFile] = []
+        for followed in list(self.files.values()):
+            if followed.rotated_at is None and self._replaced_content(followed):
+                continuations += self._truncated(followed)
+        by_inode = {(f.dev, f.ino): f for f in self.files.values() if os.fstat(f.fd).st_nlink > 0}
+        for path in self._matching_paths():
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                continue
+            followed = by_inode.get((st.st_dev, st.st_ino))
+            if followed is not None:
+                followed.path = path
+                seen.add((followed.dev, followed.ino, followed.head))
+                continue
+            opened = self._open(path)
+            if opened is not None:
+                seen.add((opened.dev, opened.ino, opened.head))
+        for key, followed in list(self.files.items()):
+            if key not in seen and followed.rotated_at is None:
+                followed.rotated_at = now  # renamed away or deleted: drain it, then close
+        return continuations
+
+    def _open(self, path: str) -> FollowedFile | None:
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        st = os.fstat(fd)
+        head = head_hash(fd)
+        if head is None:  # no complete first line yet: look again next poll
+            os.close(fd)
+            return None
+        key = (st.st_dev, st.st_ino, head)
+        if key in self.files:
+            os.close(fd)
+            return self.files[key]
+        stream = self.identity(*key)
+        followed = FollowedFile(path, fd, st.st_dev, st.st_ino, head, stream,
+                                offset=min(self.resume.get(stream, 0), st.st_size))
+        self.files[key] = followed
+        return followed
+
+    def _replaced_content(self, followed: FollowedFile) -> bool:
+        if followed.size() < followed.offset:
+            return True
+        return head_hash(followed.fd) not in (followed.head, None) or (
+            followed.offset > 0 and followed.size() == 0)
+
+    def _truncated(self, followed: FollowedFile) -> list[FollowedFile]:
+        """copytruncate: find the copy to finish the old content from; restart the file."""
+        found = []
+        directory, base = os.path.split(followed.path)
+        for name in sorted(os.listdir(directory or ".")):
+            candidate = os.path.join(directory, name)
+            if candidate == followed.path or not name.startswith(base):
+                continue
+            if any(fnmatch.fnmatch(name, ex) for ex in self.exclude):
+                continue
+            try:
+                fd = os.open(candidate, os.O_RDONLY)
+            except OSError:
+                continue
+            st = os.fstat(fd)
+            if head_hash(fd) == followed.head and st.st_size >= followed.offset:
+                own = self.identity(st.st_dev, st.st_ino, followed.head)
+                copy = FollowedFile(candidate, fd, followed.dev, followed.ino, followed.head,
+                                    followed.stream, followed.offset, rotated_at=0.0, own_stream=own)
+                # if the copy is followed by name too, it is read already
+                self.resume[own] = st.st_size
+                found.append(copy)
+                log.info("copytruncate: reading the rest of the file from its copy",
+                         path=followed.path, copy=candidate, offset=followed.offset)
+                break
+            os.close(fd)
+        del self.files[(followed.dev, followed.ino, followed.head)]
+        followed.close()
+        return found
+
+    # -- reading -----------------------------------------------------------------------------
+    def ordered(self) -> list[FollowedFile]:
+        """Rotated files first (finish the old file before the new one), then by path."""
+        return sorted(self.files.values(), key=lambda f: (f.rotated_at is None, f.rotated_at or 0, f.path))
+
+    def read(self, followed: FollowedFile, budget: int) -> Iterator[Line]:
+        """Complete lines from the file's offset, up to about ``budget`` bytes; advances it."""
+        while budget > 0:
+            chunk = os.pread(followed.fd, max(READ_CHUNK, self.max_line_bytes + 1), followed.offset)
+            if not chunk:
+                return
+            if followed.overlong is not None:
+                newline = chunk.find(b"\n")
+                if newline < 0:
+                    followed.offset += len(chunk)
+                    budget -= len(chunk)
+                    continue
+                start, kept = followed.overlong
+                end = followed.offset + newline + 1
+                followed.overlong = None
+                followed.offset = end
+                budget -= newline + 1
+                yield Line(followed.stream, followed.path, start, end, kept, too_long=end - start - 1)
+                continue
+            last = chunk.rfind(b"\n")
+            if last < 0:
+                if len(chunk) > self.max_line_bytes:
+                    followed.overlong = (followed.offset, chunk[: self.keep_raw_bytes])
+                    followed.offset += len(chunk)
+                    budget -= len(chunk)
+                    continue
+                if followed.rotated_at is not None and self._grace_over(followed):
+                    # the writer is gone: a last line without newline is still a line
+                    end = followed.offset + len(chunk)
+                    yield Line(followed.stream, followed.path, followed.offset, end, chunk)
+                    followed.offset = end
+                return  # a partial last line: wait for the rest
+            for data in chunk[: last + 1].split(b"\n")[:-1]:
+                start = followed.offset
+                end = start + len(data) + 1
+                # advanced before the yield: a consumer that stops here resumes after this line
+                followed.offset = end
+                budget -= end - start
+                if len(data) > self.max_line_bytes:
+                    yield Line(followed.stream, followed.path, start, end,
+                               data[: self.keep_raw_bytes], too_long=len(data))
+                else:
+                    yield Line(followed.stream, followed.path, start, end, data)
+
+    def _grace_over(self, followed: FollowedFile) -> bool:
+        return followed.rotated_at is not None and time.monotonic() - followed.rotated_at >= self.rotate_grace_s
+
+    def close_finished(self) -> list[FollowedFile]:
+        """Close rotated files read to their end once the grace period is over."""
+        closed = []
+        for key, followed in list(self.files.items()):
+            if followed.rotated_at is not None and self._grace_over(followed) \
+                    and followed.offset >= followed.size() and followed.overlong is None:
+                followed.close()
+                del self.files[key]
+                closed.append(followed)
+        return closed
+
+    def behind_bytes(self) -> dict[str, int]:
+        return {f.path: max(0, f.size() - f.offset) for f in self.files.values()}
+
+    def close(self) -> None:
+        for followed in self.files.values():
+            followed.close()
+        self.files.clear()

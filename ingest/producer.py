@@ -1,0 +1,164 @@
+"""Ordered, acknowledged delivery of rounds of messages to Kafka (aiokafka).
+
+A round is a list of messages; ``send_round`` returns only once Kafka has acknowledged every
+one (idempotent producer, acks=all). Order is what downstream exactness relies on: messages go
+out partition by partition in round order, a round is sent only after the previous one was
+acknowledged, and a round that fails (broker away, timeout) is resent whole, after backoff, on
+a fresh producer. A resent round can repeat messages already written, never reorder them
+behind later ones. Every aiokafka call that can hang while the broker is away is bounded
+(aio-libs/aiokafka#1101).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+
+from meterstream import logs
+from meterstream.ingest import metrics
+from meterstream.settings import Settings
+
+log = logs.get(__name__)
+
+
+@dataclass(slots=True)
+class Message:
+    topic: str
+    key: bytes
+    value: bytes
+    timestamp_ms: int | None = None
+
+
+class Stopped(Exception):
+    """Raised by send_round when stop was requested before the round was acknowledged."""
+
+
+class RoundProducer:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        self._partitioner = DefaultPartitioner()
+        self._partitions: dict[str, list[int]] = {}
+        self._partition_of: dict[tuple[str, bytes], int] = {}
+        self.stopping = asyncio.Event()
+        self.last_ack: float | None = None
+        self.failing_since: float | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def _connect(self) -> AIOKafkaProducer:
+        s = self._settings
+        producer = AIOKafkaProducer(
+            bootstrap_servers=s.kafka.bootstrap,
+            client_id=f"{s.kafka.client_id}-ingest",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=s.produce.linger_ms,
+            max_batch_size=s.produce.batch_bytes,
+            request_timeout_ms=int(s.produce.send_timeout_s * 1000),
+        )
+        try:
+            await asyncio.wait_for(producer.start(), s.produce.send_timeout_s)
+        except BaseException:
+            await self._close(producer)
+            raise
+        return producer
+
+    async def _close(self, producer: AIOKafkaProducer) -> None:
+        try:
+            await asyncio.wait_for(producer.stop(), self._settings.produce.stop_timeout_s)
+        except (TimeoutError, Exception) as exc:  # noqa: BLE001 - abandon a producer that hangs
+            log.warning("kafka producer did not stop cleanly; abandoned", error=type(exc).__name__)
+
+    async def stop(self) -> None:
+        self.stopping.set()
+        if self._producer is not None:
+            await self._close(self._producer)
+            self._producer = None
+
+    # -- sending -----------------------------------------------------------------------------
+    def _partition(self, producer: AIOKafkaProducer, topic: str, key: bytes) -> int:
+        cached = self._partition_of.get((topic, key))
+        if cached is None:
+            partitions = self._partitions[topic]
+            cached = self._partitioner(key, partitions, partitions)
+            if len(self._partition_of) > 1_000_000:
+                self._partition_of.clear()
+            self._partition_of[(topic, key)] = cached
+        return cached
+
+    async def _send_partition(self, producer: AIOKafkaProducer, topic: str, partition: int,
+                              messages: list[Message]) -> None:
+        i = 0
+        while i < len(messages):
+            batch = producer.create_batch()
+            while i < len(messages):
+                m = messages[i]
+                if batch.append(key=m.key, value=m.value, timestamp=m.timestamp_ms) is None:
+                    break
+                i += 1
+            if batch.record_count() == 0:
+                raise ValueError(f"a message of {len(messages[i].value)} bytes does not fit a batch")
+            future = await producer.send_batch(batch, topic, partition=partition)
+            await future  # the next batch of this partition only after this one is written
+
+    async def _send_once(self, messages: list[Message]) -> None:
+        if self._producer is None:
+            self._producer = await self._connect()
+        producer = self._producer
+        for topic in {m.topic for m in messages} - self._partitions.keys():
+            found = await asyncio.wait_for(producer.partitions_for(topic), self._settings.produce.send_timeout_s)
+            self._partitions[topic] = sorted(found)
+        groups: dict[tuple[str, int], list[Message]] = defaultdict(list)
+        for m in messages:
+            groups[(m.topic, self._partition(producer, m.topic, m.key))].append(m)
+        await asyncio.gather(*(self._send_partition(producer, t, p, ms) for (t, p), ms in groups.items()))
+
+    async def send_round(self, messages: list[Message]) -> None:
+        """Deliver ``messages``; retries with backoff until acknowledged or stop is requested."""
+        if not messages:
+            return
+        attempt = 0
+        while True:
+            started = time.monotonic()
+            send = asyncio.ensure_future(self._send_once(messages))
+            stop = asyncio.ensure_future(self.stopping.wait())
+            try:
+                done, _ = await asyncio.wait({send, stop}, timeout=self._settings.produce.send_timeout_s,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if send in done:
+                    send.result()
+                    metrics.PRODUCE_LATENCY.observe(time.monotonic() - started)
+                    self.last_ack = time.monotonic()
+                    self.failing_since = None
+                    return
+                if stop in done:
+                    raise Stopped()
+                raise TimeoutError(f"round not acknowledged within {self._settings.produce.send_timeout_s}s")
+            except Stopped:
+                send.cancel()
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure: resend the whole round
+                send.cancel()
+                attempt += 1
+                metrics.PRODUCE_FAILURES.inc()
+                self.failing_since = self.failing_since or time.monotonic()
+                log.warning("kafka round failed; resending on a new producer", attempt=attempt,
+                            error=f"{type(exc).__name__}: {str(exc)[:200]}", messages=len(messages))
+                if self._producer is not None:
+                    old, self._producer = self._producer, None
+                    await self._close(old)
+                self._partitions.clear()
+                self._partition_of.clear()
+                delay = min(self._settings.produce.retry_backoff_max_s, 0.2 * 2 ** min(attempt, 10))
+                try:
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                    raise Stopped() from None
+                except TimeoutError:
+                    pass
+            finally:
+                stop.cancel()

@@ -1,0 +1,149 @@
+"""`meterstream tail`: follows HAProxy log files into haproxy.logs, nothing lost, nothing doubled.
+
+Each round reads up to ``round_lines`` lines from the followed files (rotated files first),
+turns them into LogRecords or dead letters, and hands them to the RoundProducer. The next round
+is read and parsed while the previous one is in flight, but sent only once it is acknowledged.
+The checkpoint advances past a round's lines only after Kafka acknowledged all of them, so a
+crash can only repeat lines, with the same request ids (docs/ingest.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from dataclasses import dataclass, field
+
+from meterstream import logs
+from meterstream.ingest import metrics
+from meterstream.ingest.checkpoint import Checkpoint, CheckpointStore
+from meterstream.ingest.files import FileSet, FollowedFile
+from meterstream.ingest.pipeline import Encoder
+from meterstream.ingest.producer import Message, RoundProducer, Stopped
+from meterstream.schemas.records import SourcePosition
+from meterstream.settings import Settings
+
+log = logs.get(__name__)
+YIELD_EVERY = 2_000  # lines parsed between yields to the event loop (lets acks come in)
+FORGET_AFTER_MS = 7 * 24 * 3600 * 1000
+
+
+@dataclass
+class Round:
+    messages: list[Message] = field(default_factory=list)
+    # stream -> (offset just past the round's last line, path)
+    ends: dict[str, tuple[int, str]] = field(default_factory=dict)
+    records: int = 0
+
+
+class Tailer:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        t = settings.tail
+        if not t.paths:
+            raise ValueError("no files to follow: give paths (MS_TAIL__PATHS or FILES)")
+        self.store = CheckpointStore(t.checkpoint_path)
+        self.checkpoint: Checkpoint = self.store.load()
+        self.files = FileSet(
+            patterns=list(t.paths), exclude=list(t.exclude), host=t.host or socket.gethostname(),
+            max_line_bytes=t.max_line_bytes, keep_raw_bytes=settings.produce.dead_letter_raw_bytes,
+            rotate_grace_s=t.rotate_grace_s,
+            resume={s: e.offset for s, e in self.checkpoint.streams.items()},
+        )
+        self.encoder = Encoder(settings)
+        self.producer = RoundProducer(settings)
+        self.stop_requested = asyncio.Event()
+        self._continuations: list[FollowedFile] = []
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        failing = self.producer.failing_since
+        healthy = failing is None or time.monotonic() - failing < 60
+        return healthy, {"files": len(self.files.files), "kafka_failing_s":
+                         None if failing is None else round(time.monotonic() - failing, 1)}
+
+    # -- one round ---------------------------------------------------------------------------
+    async def _read_round(self) -> Round:
+        self._continuations += self.files.poll()
+        batch = Round()
+        budget_lines, budget_bytes = self.settings.tail.round_lines, self.settings.tail.round_bytes
+        sources = [*self._continuations, *self.files.ordered()]
+        for followed in sources:
+            for line in self.files.read(followed, budget_bytes):
+                position = SourcePosition(stream=line.stream, offset=line.offset)
+                batch.messages.append(self.encoder.line(line.data, position, line.path, line.too_long))
+                batch.ends[line.stream] = (line.end, line.path)
+                budget_bytes -= line.end - line.offset
+                budget_lines -= 1
+                if len(batch.messages) % YIELD_EVERY == 0:
+                    await asyncio.sleep(0)
+                if budget_lines <= 0 or budget_bytes <= 0:
+                    break
+            if budget_lines <= 0 or budget_bytes <= 0:
+                break
+        for copy in [c for c in self._continuations if c.offset >= c.size()]:
+            self._continuations.remove(copy)
+            # read to its end as the rest of its original's stream: checkpoint its own identity
+            # with this round, so that a copy also followed by name is not read twice
+            assert copy.own_stream is not None
+            batch.ends[copy.own_stream] = (copy.offset, copy.path)
+            copy.close()
+        batch.records = sum(1 for m in batch.messages if m.topic == self.encoder.logs_topic)
+        metrics.LINES_READ.labels("file").inc(len(batch.messages))
+        return batch
+
+    async def _deliver(self, batch: Round) -> None:
+        await self.producer.send_round(batch.messages)
+        metrics.RECORDS_PRODUCED.inc(batch.records)
+        for stream, (end, path) in batch.ends.items():
+            current = self.checkpoint.offset(stream)
+            if current is None or end > current:
+                self.checkpoint.advance(stream, end, path)
+        interval = self.settings.tail.checkpoint_interval_s
+        if self.checkpoint.written_at is None or time.monotonic() - self.checkpoint.written_at >= interval:
+            self._save_checkpoint()
+
+    def _save_checkpoint(self) -> None:
+        self.checkpoint.forget_older_than({f.stream for f in self.files.files.values()}, FORGET_AFTER_MS)
+        self.store.save(self.checkpoint)
+
+    def _update_gauges(self) -> None:
+        for path, behind in self.files.behind_bytes().items():
+            metrics.BEHIND.labels(path).set(behind)
+        if self.checkpoint.written_at is not None:
+            metrics.CHECKPOINT_AGE.set(time.monotonic() - self.checkpoint.written_at)
+
+    # -- the loop ----------------------------------------------------------------------------
+    async def run(self) -> None:
+        in_flight: asyncio.Task[None] | None = None
+        try:
+            while not self.stop_requested.is_set():
+                batch = await self._read_round()
+                if in_flight is not None:
+                    await in_flight  # order: the previous round is acknowledged before this one goes
+                    in_flight = None
+                for closed in self.files.close_finished():
+                    log.info("finished rotated file", path=closed.path, stream=closed.stream)
+                self._update_gauges()
+                if batch.messages or batch.ends:
+                    in_flight = asyncio.create_task(self._deliver(batch))
+                    continue
+                try:
+                    await asyncio.wait_for(self.stop_requested.wait(), self.settings.tail.poll_interval_s)
+                except TimeoutError:
+                    pass
+            if in_flight is not None:
+                await asyncio.wait_for(in_flight, self.settings.produce.send_timeout_s)
+        except (Stopped, TimeoutError):
+            log.warning("stopping with a round not acknowledged: it will be read again at the next start")
+        finally:
+            if in_flight is not None and not in_flight.done():
+                in_flight.cancel()
+            await self.producer.stop()
+            self._save_checkpoint()
+            self.files.close()
+            log.info("tailer stopped", checkpoint=str(self.store.path))
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()
+        # a round waiting on an absent broker gives up after stop_timeout_s
+        asyncio.get_running_loop().call_later(self.settings.produce.stop_timeout_s, self.producer.stopping.set)
