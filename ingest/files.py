@@ -240,8 +240,9 @@ class FileSet:
                 closed.append(followed)
         return closed
 
-    def behind_bytes(self) -> dict[str, int]:
-        return {f.path: max(0, f.size() - f.offset) for f in self.files.values()}
+    def behind_bytes(self, acknowledged: dict[str, int]) -> dict[str, int]:
+        """Bytes of each file not yet acknowledged by Kafka (``acknowledged``: stream -> offset)."""
+        return {f.path: max(0, f.size() - acknowledged.get(f.stream, 0)) for f in self.files.values()}
 
     def close(self) -> None:
         for followed in self.files.values():

@@ -26,6 +26,7 @@ from meterstream.settings import Settings
 log = logs.get(__name__)
 YIELD_EVERY = 2_000  # lines parsed between yields to the event loop (lets acks come in)
 FORGET_AFTER_MS = 7 * 24 * 3600 * 1000
+GAUGE_INTERVAL_S = 0.5
 
 
 @dataclass
@@ -107,14 +108,22 @@ class Tailer:
         self.store.save(self.checkpoint)
 
     def _update_gauges(self) -> None:
-        for path, behind in self.files.behind_bytes().items():
+        acknowledged = {s: e.offset for s, e in self.checkpoint.streams.items()}
+        for path, behind in self.files.behind_bytes(acknowledged).items():
             metrics.BEHIND.labels(path).set(behind)
         if self.checkpoint.written_at is not None:
             metrics.CHECKPOINT_AGE.set(time.monotonic() - self.checkpoint.written_at)
 
+    async def _gauges_forever(self) -> None:
+        """Live gauges, also while a round waits on an absent broker."""
+        while True:
+            self._update_gauges()
+            await asyncio.sleep(GAUGE_INTERVAL_S)
+
     # -- the loop ----------------------------------------------------------------------------
     async def run(self) -> None:
         in_flight: asyncio.Task[None] | None = None
+        gauges = asyncio.create_task(self._gauges_forever())
         try:
             while not self.stop_requested.is_set():
                 batch = await self._read_round()
@@ -123,7 +132,8 @@ class Tailer:
                     in_flight = None
                 for closed in self.files.close_finished():
                     log.info("finished rotated file", path=closed.path, stream=closed.stream)
-                self._update_gauges()
+                    if closed.path not in {f.path for f in self.files.files.values()}:
+                        metrics.BEHIND.remove(closed.path)
                 if batch.messages or batch.ends:
                     in_flight = asyncio.create_task(self._deliver(batch))
                     continue
@@ -136,6 +146,7 @@ class Tailer:
         except (Stopped, TimeoutError):
             log.warning("stopping with a round not acknowledged: it will be read again at the next start")
         finally:
+            gauges.cancel()
             if in_flight is not None and not in_flight.done():
                 in_flight.cancel()
             await self.producer.stop()

@@ -125,6 +125,24 @@ async def new_topic(services: Services) -> AsyncIterator[Callable[..., Awaitable
 
 
 @pytest.fixture
+async def ms_topics(services: Services) -> AsyncIterator[Settings]:
+    """Settings whose topic prefix is this test's own, with SPEC §5's topics created
+    (2 partitions each); the topics are deleted afterwards."""
+    from meterstream.kafka import ensure_topics
+
+    settings = settings_mod.load(None, kafka={"bootstrap": services.kafka_bootstrap,
+                                              "topic_prefix": unique("t") + "."})
+    created = await ensure_topics(settings, partitions=2)
+    yield settings
+    admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(created)
+    finally:
+        await admin.close()
+
+
+@pytest.fixture
 def settings_for(services: Services) -> Callable[..., Settings]:
     """Settings pointing at the test services (and a given database)."""
 

@@ -1,0 +1,139 @@
+"""Helpers for tests that run meterstream processes against the real services."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+LINE_TEMPLATE = (
+    '{{"ts":{ts}.{ms:03d},"request_id":"{rid}","client_ip":"10.1.2.3","api_key_fp":"{fp}",'
+    '"service_type":"1","network":"1","server_id":"16","fe_type":"2","traffic_type":"1",'
+    '"event_type":"0","key_metadata":"S","status":200,"bytes_sent":"{bytes}",'
+    '"path":"v1\\/fetch_k","TR":0,"Tw":0,"Tc":1,"Tr":3,"Ta":4,"backend_id":"3",'
+    '"termination_state":"----","config_hex":"00000000"}}'
+)
+FINGERPRINTS = ["cba0c270", "13d8864c", "16f58caf", "7e000001", "8000abcd"]
+
+
+def json_line(i: int, tag: str = "t") -> str:
+    """A line as deploy/haproxy/haproxy.cfg logs it, with a unique request id."""
+    return LINE_TEMPLATE.format(ts=1_795_600_000 + i // 1000, ms=i % 1000, rid=f"{tag}-{i:09d}",
+                                fp=FINGERPRINTS[i % len(FINGERPRINTS)], bytes=100 + i % 900)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def meterstream_exe() -> str:
+    return shutil.which("meterstream", path=str(Path(sys.executable).parent)) or "meterstream"
+
+
+class Process:
+    """A meterstream subcommand run as a real process."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
+        self.args, self.env, self.log = args, env, log
+        self.http_port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        self.http_port = free_port()
+        out = open(self.log, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [meterstream_exe(), "--log-format", "json", *self.args, "--http-port", str(self.http_port)],
+            env={**os.environ, **self.env}, stdout=out, stderr=subprocess.STDOUT,
+        )
+        out.close()
+        return self
+
+    def get(self, path: str, timeout: float = 10.0) -> tuple[int, bytes]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}{path}", timeout=2) as r:
+                    return r.status, r.read()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read()
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    def metric(self, name: str, labels: str = "") -> float:
+        _, body = self.get("/metrics")
+        prefix = f"{name}{{{labels}}} " if labels else f"{name} "
+        for line in body.decode().splitlines():
+            if line.startswith(prefix):
+                return float(line.split()[-1])
+        raise KeyError(prefix)
+
+    def terminate(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+async def consume(bootstrap: str, topic: str, *, expect: int | None = None, quiet_s: float = 3.0,
+                  timeout_s: float = 120.0, until: Callable[[list], bool] | None = None) -> list:
+    """Every message of ``topic`` (decoded JSON values with keys), read until ``expect``
+    messages arrived (or ``until`` holds) and then ``quiet_s`` without more."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    out: list = []
+    try:
+        deadline = time.monotonic() + timeout_s
+        last_growth = time.monotonic()
+        while time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=500)
+            for messages in batch.values():
+                for m in messages:
+                    out.append((m.key, orjson.loads(m.value)))
+                last_growth = time.monotonic()
+            done = (expect is not None and len(out) >= expect) or (until is not None and until(out))
+            if (done or (expect is None and until is None)) and time.monotonic() - last_growth >= quiet_s:
+                break
+    finally:
+        await consumer.stop()
+    return out
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+async def async_wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
