@@ -1,0 +1,125 @@
+"""Real requests through the real HAProxy (deploy/haproxy/haproxy.cfg) -> its log -> the
+tailer -> haproxy.logs."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from meterstream.devservices.system import ensure_debian
+from meterstream.schemas.apikeys import fingerprint_of_hash, key_hash
+from meterstream.settings import Settings
+from tests.helpers import ROOT, EchoBackend, HAProxy, Process, consume
+
+pytestmark = pytest.mark.services
+
+
+@pytest.fixture(scope="session")
+def haproxy_installed() -> None:
+    ensure_debian("haproxy")
+    assert shutil.which("haproxy")
+
+
+@pytest.fixture
+def backend() -> Iterator[EchoBackend]:
+    server = EchoBackend()
+    yield server
+    server.stop()
+
+
+def test_config_passes_haproxy_check(haproxy_installed: None) -> None:
+    import subprocess
+
+    out = subprocess.run(["haproxy", "-c", "-f", str(ROOT / "deploy/haproxy/haproxy.cfg")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "Configuration file is valid" in out.stdout + out.stderr
+
+
+async def test_every_logged_request_is_a_record(
+    haproxy_installed: None, backend: EchoBackend, ms_topics: Settings, tmp_path: Path
+) -> None:
+    secret = base64.b64decode(ms_topics.keys.key_secret_b64.get_secret_value())
+    active, unknown = "SactiveKeyForTheHaproxyTest0001", "SunknownKeyNotInTheVault00000001"
+    digest = key_hash(secret, active)
+    vault = tmp_path / "vault.map"
+    vault.write_text(f"{digest} 123456789,pro,1000,1,active\n")
+    proxy = HAProxy(tmp_path, backend.port, vault).start()
+    tailer = Process(["tail", str(proxy.log), "--checkpoint", str(tmp_path / "cp")],
+                     {"MS_KAFKA__BOOTSTRAP": ms_topics.kafka.bootstrap,
+                      "MS_KAFKA__TOPIC_PREFIX": ms_topics.kafka.topic_prefix},
+                     tmp_path / "tail.log").start()
+    try:
+        sent = []
+        for i in range(5):
+            status, body, size = proxy.request(f"/v1/fetch_key/{i}?q=1", active)
+            assert status == 200
+            assert orjson.loads(body)["api_key_forwarded"] is False  # the key stops at HAProxy
+            sent.append(("active", status, size, orjson.loads(body)["request_id"]))
+        for _ in range(2):
+            status, _, size = proxy.request(key=unknown)
+            sent.append(("unknown", status, size, None))
+        status, _, size = proxy.request()
+        sent.append(("none", status, size, None))
+        records = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=len(sent))
+    finally:
+        tailer.terminate()
+        proxy.stop()
+
+    logged = [line for line in proxy.log.read_text().splitlines() if line.startswith("{")]
+    assert len(logged) == len(sent) == len(records)
+    assert active not in proxy.log.read_text() and unknown not in proxy.log.read_text()
+    values = [v for _, v in sorted(records, key=lambda kv: kv[1]["src"]["offset"])]
+    for (kind, status, size, backend_request_id), record, line in zip(sent, values, logged, strict=True):
+        haproxy_said = orjson.loads(line)
+        assert record["request_id"] == haproxy_said["request_id"] or haproxy_said["request_id"] == "-"
+        assert record["status"] == status == haproxy_said["status"]
+        # %B is HAProxy's count in its internal (HTX) form, a little below the bytes on the
+        # wire; the record carries exactly what HAProxy logged
+        assert record["bytes_sent"] == int(haproxy_said["bytes_sent"])
+        for timer in ("TR", "Tw", "Tc", "Tr", "Ta"):
+            assert record[timer] == haproxy_said[timer]
+        assert record["Ta"] >= 0 and record["TR"] >= 0
+        if kind == "active":
+            assert len(orjson.dumps({"request_id": backend_request_id, "api_key_forwarded": False})) \
+                < record["bytes_sent"] <= size
+            assert record["api_key_fp"] == fingerprint_of_hash(digest)
+            assert record["request_id"] == backend_request_id
+            assert record["Tc"] >= 0 and record["Tr"] >= 0 and record["Ta"] >= record["Tr"]
+            assert (record["traffic_type"], record["event_type"], record["path"]) == (1, 0, "v1/fetch_k")
+        else:
+            assert status == 401 and 0 < record["bytes_sent"] <= size
+            assert (record["Tw"], record["Tc"], record["Tr"]) == (-1, -1, -1)
+            assert record["termination_state"] == "PR--"
+        if kind == "unknown":
+            # the record exists with its fingerprint; resolution finds no customer later
+            assert record["api_key_fp"] == fingerprint_of_hash(key_hash(secret, unknown))
+            assert record["event_type"] == 11
+        if kind == "none":
+            assert record["api_key_fp"] is None and record["event_type"] == 10
+    assert len({v["request_id"] for v in values}) == len(values)
+
+
+def test_runtime_api_changes_enforcement_without_reload(
+    haproxy_installed: None, backend: EchoBackend, tmp_path: Path
+) -> None:
+    settings = Settings()
+    secret = base64.b64decode(settings.keys.key_secret_b64.get_secret_value())
+    key = "SruntimeApiKey000000000000000001"
+    digest = key_hash(secret, key)
+    proxy = HAProxy(tmp_path, backend.port).start()
+    try:
+        assert proxy.request(key=key)[0] == 401
+        for status_word, expected in (("active", 200), ("suspended", 403), ("throttled", 429), ("active", 200)):
+            version = proxy.runtime(f"prepare map {proxy.vault_map}").split()[-1]
+            proxy.runtime(f"add map @{version} {proxy.vault_map} {digest} 1,pro,1000,1,{status_word}")
+            proxy.runtime(f"commit map @{version} {proxy.vault_map}")
+            assert proxy.request(key=key)[0] == expected, status_word
+        assert proxy.proc is not None and proxy.proc.poll() is None
+    finally:
+        proxy.stop()
