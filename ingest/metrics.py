@@ -16,7 +16,8 @@ PRODUCE_LATENCY = Histogram(
 )
 PRODUCE_FAILURES = Counter("meterstream_ingest_produce_failures_total",
                            "Rounds that failed and were resent (broker away, timeouts)")
-CHECKPOINT_AGE = Gauge("meterstream_ingest_checkpoint_age_seconds", "Seconds since the checkpoint was last written")
+CHECKPOINT_AGE = Gauge("meterstream_ingest_checkpoint_age_seconds",
+                       "How long lines acknowledged by Kafka have waited to be checkpointed (0: up to date)")
 DROPPED = Counter("meterstream_ingest_syslog_dropped_total",
                   "UDP syslog datagrams dropped because the queue was full (UDP has no back-pressure)")
 

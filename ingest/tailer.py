@@ -55,6 +55,7 @@ class Tailer:
         self.producer = RoundProducer(settings)
         self.stop_requested = asyncio.Event()
         self._continuations: list[FollowedFile] = []
+        self._unsaved_since: float | None = None  # first advance not yet written
 
     def health(self) -> tuple[bool, dict[str, object]]:
         failing = self.producer.failing_since
@@ -99,20 +100,26 @@ class Tailer:
             current = self.checkpoint.offset(stream)
             if current is None or end > current:
                 self.checkpoint.advance(stream, end, path)
+                self._unsaved_since = self._unsaved_since or time.monotonic()
+        self._save_checkpoint_when_due()
+
+    def _save_checkpoint_when_due(self) -> None:
         interval = self.settings.tail.checkpoint_interval_s
-        if self.checkpoint.written_at is None or time.monotonic() - self.checkpoint.written_at >= interval:
+        written = self.checkpoint.written_at
+        if self._unsaved_since is not None and (written is None or time.monotonic() - written >= interval):
             self._save_checkpoint()
 
     def _save_checkpoint(self) -> None:
         self.checkpoint.forget_older_than({f.stream for f in self.files.files.values()}, FORGET_AFTER_MS)
         self.store.save(self.checkpoint)
+        self._unsaved_since = None
 
     def _update_gauges(self) -> None:
         acknowledged = {s: e.offset for s, e in self.checkpoint.streams.items()}
         for path, behind in self.files.behind_bytes(acknowledged).items():
             metrics.BEHIND.labels(path).set(behind)
-        if self.checkpoint.written_at is not None:
-            metrics.CHECKPOINT_AGE.set(time.monotonic() - self.checkpoint.written_at)
+        unsaved = self._unsaved_since
+        metrics.CHECKPOINT_AGE.set(0 if unsaved is None else time.monotonic() - unsaved)
 
     async def _gauges_forever(self) -> None:
         """Live gauges, also while a round waits on an absent broker."""
@@ -137,6 +144,7 @@ class Tailer:
                 if batch.messages or batch.ends:
                     in_flight = asyncio.create_task(self._deliver(batch))
                     continue
+                self._save_checkpoint_when_due()  # idle: the last round's advance must not wait
                 try:
                     await asyncio.wait_for(self.stop_requested.wait(), self.settings.tail.poll_interval_s)
                 except TimeoutError:

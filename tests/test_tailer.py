@@ -77,6 +77,19 @@ async def test_bad_input_goes_to_dead_letters_and_sigterm_checkpoints(
         with open(log, "ab") as f:
             f.write(json_line(2).encode()[50:] + b"\n")
         wait_for(lambda: proc.metric("meterstream_ingest_records_produced_total") == 3, 10, "line 2")
+        # a round acknowledged soon after a checkpoint write is not written at once; once the
+        # tailer is idle, it still is within the interval (1 s), without a stop
+        store = CheckpointStore(tmp_path / "checkpoint")
+        wait_for(lambda: [e.offset for e in store.load().streams.values()] == [log.stat().st_size], 3, "cp")
+        with open(log, "ab") as f:
+            f.write(json_line(3).encode() + b"\n")
+        wait_for(lambda: proc.metric("meterstream_ingest_records_produced_total") == 4, 10, "line 3")
+        with open(log, "ab") as f:
+            f.write(json_line(4).encode() + b"\n")
+        wait_for(lambda: proc.metric("meterstream_ingest_records_produced_total") == 5, 10, "line 4")
+        wait_for(lambda: [e.offset for e in store.load().streams.values()] == [log.stat().st_size],
+                 3, "the checkpoint of the last round, without a stop")
+        assert proc.metric("meterstream_ingest_checkpoint_age_seconds") < 3
     finally:
         assert proc.terminate() == 0
     checkpoint = CheckpointStore(tmp_path / "checkpoint").load()
