@@ -117,6 +117,24 @@ def tail(obj: Context, files: tuple[str, ...], checkpoint: str | None, http_port
     _run(serve("tail", settings, tailer.run, tailer.request_stop, tailer.health))
 
 
+@main.command()
+@click.option("--udp", default=None, help="host:port for UDP (empty: off; default: syslog.udp).")
+@click.option("--tcp", default=None, help="host:port for TCP (empty: off; default: syslog.tcp).")
+@click.option("--http-port", type=int, default=None, help="Port of /metrics and /healthz (0: any).")
+@pass_ctx
+def syslog(obj: Context, udp: str | None, tcp: str | None, http_port: int | None) -> None:
+    """Receive HAProxy's log lines over syslog (UDP; TCP with octet-counting or newline
+    framing) into haproxy.logs. TCP gets back-pressure; UDP drops, counted, when full."""
+    from meterstream.ingest.syslog_server import SyslogReceiver
+    from meterstream.service import serve
+
+    listeners = {k: v or None for k, v in (("udp", udp), ("tcp", tcp)) if v is not None}
+    settings = _with(obj.settings, syslog=listeners,
+                     http={"port": http_port} if http_port is not None else {})
+    receiver = SyslogReceiver(settings)
+    _run(serve("syslog", settings, receiver.run, receiver.request_stop, receiver.health))
+
+
 def _with(settings: Settings, **sections: dict[str, Any]) -> Settings:
     """Settings with some fields of some sections replaced (command-line flags)."""
     updates = {name: getattr(settings, name).model_copy(update=values)
