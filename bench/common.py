@@ -1,0 +1,77 @@
+"""Shared pieces of the benchmarks: services, topics, processes, CPU pinning, memory."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from meterstream.devservices import DevServices
+from meterstream.devservices.system import ensure_debian, read_pid
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = Path(os.environ.get("MS_BENCH_DIR", "/tmp/meterstream-bench"))
+
+
+def services() -> DevServices:
+    dev = DevServices.default()
+    for line in dev.up():
+        print(f"# {line}")
+    return dev
+
+
+def need(tool: str, package: str) -> str:
+    if shutil.which(tool) is None:
+        ensure_debian(package)
+    return shutil.which(tool) or tool
+
+
+async def fresh_topics(bootstrap: str, *names: str, partitions: int = 4) -> list[str]:
+    suffix = uuid.uuid4().hex[:8]
+    topics = [f"bench.{name}.{suffix}" for name in names]
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(t, partitions, 1) for t in topics])
+    finally:
+        await admin.close()
+    return topics
+
+
+async def delete_topics(bootstrap: str, topics: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.delete_topics(topics)
+    finally:
+        await admin.close()
+
+
+def pin_broker(dev: DevServices, cpu: int) -> None:
+    """Keep the broker off the core the measured process runs on (when we started it)."""
+    pid = read_pid(dev.kafka.pidfile)
+    if pid is not None and shutil.which("taskset"):
+        subprocess.run(["taskset", "-a", "-p", "-c", str(cpu), str(pid)], capture_output=True)
+
+
+def unpin_broker(dev: DevServices) -> None:
+    pid = read_pid(dev.kafka.pidfile)
+    if pid is not None and shutil.which("taskset"):
+        subprocess.run(["taskset", "-a", "-p", "-c", f"0-{os.cpu_count() - 1}", str(pid)], capture_output=True)
+
+
+def peak_rss_mib(pid: int) -> float:
+    """VmHWM: the peak resident set of a running process."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_async(coro):  # noqa: ANN001, ANN201
+    return asyncio.run(coro)
