@@ -4,6 +4,7 @@
 #
 #   deploy/dev.sh demo              run locally on embedded defaults over the sample data
 #   deploy/dev.sh test [PYTEST...]  run the test suite (starts Kafka and Postgres first)
+#   deploy/dev.sh bench [ARGS...]   run the benchmarks (bench/), each beside its reference
 #   deploy/dev.sh up|down|status    the local Kafka and Postgres
 #   deploy/dev.sh meterstream ...   any meterstream command, inside the environment
 #
@@ -72,6 +73,11 @@ case $command in
     fi
     exit $rc
     ;;
+  bench)
+    ensure_venv
+    cd "$root"
+    exec "$venv/bin/python" -m bench "$@"
+    ;;
   up|down|status)
     ensure_venv
     exec "$venv/bin/meterstream" dev "$command"
@@ -81,7 +87,7 @@ case $command in
     exec "$venv/bin/meterstream" "$@"
     ;;
   *)
-    sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
     [[ $command == help || $command == -h || $command == --help ]] || exit 2
     ;;
 esac

@@ -38,8 +38,9 @@ class Round:
 
 
 class Tailer:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, once: bool = False) -> None:
         self.settings = settings
+        self.once = once  # stop when every followed file is read and acknowledged
         t = settings.tail
         if not t.paths:
             raise ValueError("no files to follow: give paths (MS_TAIL__PATHS or FILES)")
@@ -145,6 +146,8 @@ class Tailer:
                     in_flight = asyncio.create_task(self._deliver(batch))
                     continue
                 self._save_checkpoint_when_due()  # idle: the last round's advance must not wait
+                if self.once and not self._continuations:
+                    break
                 try:
                     await asyncio.wait_for(self.stop_requested.wait(), self.settings.tail.poll_interval_s)
                 except TimeoutError:

@@ -95,9 +95,11 @@ def parse(files: tuple[str, ...], fail_on_reject: bool) -> None:
 @click.argument("files", nargs=-1)
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Checkpoint file (default: tail.checkpoint_path).")
+@click.option("--once", is_flag=True, help="Stop once the files are read and acknowledged (an import).")
 @click.option("--http-port", type=int, default=None, help="Port of /metrics and /healthz (0: any).")
 @pass_ctx
-def tail(obj: Context, files: tuple[str, ...], checkpoint: str | None, http_port: int | None) -> None:
+def tail(obj: Context, files: tuple[str, ...], checkpoint: str | None, once: bool,
+         http_port: int | None) -> None:
     """Follow HAProxy log FILES (paths or globs; default: tail.paths) into haproxy.logs.
 
     Survives rotation by rename and by copytruncate; checkpoints only what Kafka
@@ -111,7 +113,7 @@ def tail(obj: Context, files: tuple[str, ...], checkpoint: str | None, http_port
                                          **({"checkpoint_path": checkpoint} if checkpoint else {})},
                      http={"port": http_port} if http_port is not None else {})
     try:
-        tailer = Tailer(settings)
+        tailer = Tailer(settings, once=once)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     _run(serve("tail", settings, tailer.run, tailer.request_stop, tailer.health))
@@ -207,8 +209,8 @@ def dev_status() -> None:
 @main.command()
 @pass_ctx
 def demo(obj: Context) -> None:
-    """Run locally on embedded defaults: start the services, migrate, create the topics,
-    load the sample customers and keys, and show what is there."""
+    """Run locally on embedded defaults: start the services, migrate, create the topics, load
+    the sample customers and keys, tail a sample HAProxy log into Kafka, and show the result."""
     from meterstream.demo import run
 
     services, error = _dev()
@@ -217,7 +219,7 @@ def demo(obj: Context) -> None:
             click.echo(line)
     except error as exc:
         raise click.ClickException(str(exc)) from None
-    _run(run(obj.settings, click.echo))
+    _run(run(obj.settings, click.echo, services.root / "demo"))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
+
+import orjson
 
 from meterstream import pg, sample
-from meterstream.kafka import ensure_topics
+from meterstream.kafka import ensure_topics, read_to_end
+from meterstream.schemas import topics
 from meterstream.schemas.apikeys import fingerprint_to_hex
 from meterstream.schemas.enums import ServiceType
 from meterstream.schemas.migrate import migrate
@@ -13,7 +18,7 @@ from meterstream.schemas.money import format_cents
 from meterstream.settings import Settings
 
 
-async def run(settings: Settings, say: Callable[[str], None]) -> None:
+async def run(settings: Settings, say: Callable[[str], None], workdir: Path) -> None:
     conn = await pg.connect(settings)
     try:
         applied = await migrate(conn)
@@ -25,7 +30,9 @@ async def run(settings: Settings, say: Callable[[str], None]) -> None:
         say(f"postgres: sample loaded from {sample.sample_file()} "
             f"({loaded.customers} customers, {loaded.instances} service instances, "
             f"{loaded.api_keys} API keys, {loaded.seal_keys} seal keys; existing rows kept)")
+        await _ingest(settings, say, workdir)
         await _report(conn, say)
+        await _report_logs(conn, settings, say)
     finally:
         await conn.close()
 
@@ -55,3 +62,45 @@ async def _report(conn, say: Callable[[str], None]) -> None:  # noqa: ANN001
         ):
             say(f"              key fp {fingerprint_to_hex(k['api_key_fp'])} "
                 f"({ServiceType(k['service_type']).name.lower()}, {k['status']})")
+
+
+async def _ingest(settings: Settings, say: Callable[[str], None], workdir: Path) -> None:
+    """Tail the sample log once into haproxy.logs (its checkpoint makes a rerun send nothing)."""
+    from meterstream.ingest.tailer import Tailer
+
+    log = workdir / "haproxy.log"
+    created = sample.write_sample_log(log, settings)
+    say(f"ingest: sample log {log} ({'written' if created else 'kept from an earlier run'})")
+    tail_settings = settings.model_copy(update={"tail": settings.tail.model_copy(
+        update={"paths": [str(log)], "checkpoint_path": str(workdir / "tail.checkpoint")})})
+    tailer = Tailer(tail_settings, once=True)
+    before = tailer.checkpoint.offset(next(iter(tailer.checkpoint.streams), "")) or 0
+    await tailer.run()
+    after = max((e.offset for e in tailer.checkpoint.streams.values()), default=0)
+    say(f"ingest: meterstream tail --once read {after - before} new bytes of {log.stat().st_size}")
+
+
+async def _report_logs(conn, settings: Settings, say: Callable[[str], None]) -> None:  # noqa: ANN001
+    records = [orjson.loads(v) for _, v in await read_to_end(settings, settings.topic(topics.HAPROXY_LOGS))]
+    dead = [orjson.loads(v) for _, v in await read_to_end(settings, settings.topic(topics.HAPROXY_LOGS_REJECTED))]
+    owners = {r["api_key_fp"]: (r["name"], r["status"]) for r in await conn.fetch(
+        "SELECT k.api_key_fp, k.status, c.name FROM api_keys k JOIN customers c USING (customer_id)")}
+    distinct = {r["request_id"]: r for r in records}
+    by_owner: Counter[str] = Counter()
+    for r in distinct.values():
+        fp = r["api_key_fp"]
+        if fp is None:
+            by_owner["(no API key)"] += 1
+        elif fp not in owners:
+            by_owner["(unknown key)"] += 1
+        else:
+            name, status = owners[fp]
+            by_owner[name + (" (revoked key)" if status == "revoked" else "")] += 1
+    say("")
+    say(f"haproxy.logs: {len(records)} messages, {len(distinct)} distinct requests")
+    for owner, count in sorted(by_owner.items(), key=lambda kv: -kv[1]):
+        say(f"  {count:>5}  {owner}")
+    reasons = Counter(d["reason"] for d in dead)
+    say(f"haproxy.logs.rejected: {len(dead)} dead letters"
+        + (" (" + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())) + ")" if dead else ""))
+    say("(per-customer usage, limit events and the vault come with the meter and sinks stages)")

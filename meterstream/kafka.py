@@ -41,3 +41,50 @@ async def ensure_topics(settings: Settings, partitions: int = 4) -> list[str]:
         return [t.name for t in wanted]
     finally:
         await client.close()
+
+
+async def partitions_of(settings: Settings, topic: str) -> list[int]:
+    client = admin(settings)
+    await client.start()
+    try:
+        (described,) = await client.describe_topics([topic])
+    finally:
+        await client.close()
+    if described["error_code"] != 0 or not described["partitions"]:
+        raise ValueError(f"no topic {topic} (error code {described['error_code']})")
+    return sorted(p["partition"] for p in described["partitions"])
+
+
+async def read_to_end(settings: Settings, topic: str, timeout_s: float = 30.0) -> list[tuple[bytes | None, bytes]]:
+    """Every (key, value) of ``topic`` from the beginning up to its end offsets at the call."""
+    import asyncio
+    import time
+
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False,
+                                client_id=f"{settings.kafka.client_id}-reader")
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in await partitions_of(settings, topic)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+        out: list[tuple[bytes | None, bytes]] = []
+        deadline = time.monotonic() + timeout_s
+        async def behind() -> bool:
+            for tp, end in ends.items():
+                if await consumer.position(tp) < end:
+                    return True
+            return False
+
+        while await behind():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end within {timeout_s}s")
+            batch = await consumer.getmany(*partitions, timeout_ms=500)
+            for tp, messages in batch.items():
+                out += [(m.key, m.value) for m in messages if m.offset < ends[tp]]
+            await asyncio.sleep(0)
+        return out
+    finally:
+        await consumer.stop()

@@ -17,7 +17,7 @@ import orjson
 
 from meterstream import checkout_root
 from meterstream.crypto import Sealer
-from meterstream.schemas.apikeys import fingerprint_of_hash, key_hash
+from meterstream.schemas.apikeys import fingerprint_of_hash, fingerprint_to_hex, key_hash
 from meterstream.schemas.enums import ServiceType
 from meterstream.settings import Settings
 
@@ -88,3 +88,50 @@ async def load(conn: asyncpg.Connection, settings: Settings, path: Path | None =
                 )
                 counts["seal_keys"] += 1
     return Loaded(**counts)
+
+
+# -- a sample HAProxy log over the sample customers ------------------------------------------
+
+SAMPLE_LOG_LINES = 600
+SAMPLE_START_MS = 1_795_600_000_000  # 2026-11-25T07:06:40Z
+
+
+def write_sample_log(path: Path, settings: Settings, data_file: Path | None = None) -> bool:
+    """Writes a deterministic HAProxy log (deploy/haproxy/haproxy.cfg's JSON lines) whose
+    requests use the sample customers' keys, a revoked key, an unknown key and no key, with
+    some errors, one httplog line and two lines that do not parse. Returns False when the file
+    exists already (it is kept, so that the tailer's checkpoint stays valid)."""
+    import random
+
+    if path.exists():
+        return False
+    data: dict[str, Any] = json.loads((data_file or sample_file()).read_text())
+    secret = base64.b64decode(settings.keys.key_secret_b64.get_secret_value())
+    keys = [(k["key"], c["customer_id"]) for c in data["customers"] for k in c["api_keys"]]
+    keys += [("SunknownDemoKey000000000000000001", None), (None, None)]
+    weights = [30, 12, 2, 10, 20, 3, 1][: len(keys)] + [1] * max(0, len(keys) - 7)
+    rng = random.Random(42)
+    lines = []
+    for i in range(SAMPLE_LOG_LINES):
+        key, _customer = rng.choices(keys, weights=weights[: len(keys)])[0]
+        fp = fingerprint_to_hex(fingerprint_of_hash(key_hash(secret, key))) if key else "-"
+        status = rng.choices([200, 200, 200, 200, 304, 404, 500], k=1)[0] if key else 401
+        ts = SAMPLE_START_MS + i * 250
+        service = ServiceType.from_key_prefix(key[0]) if key else ServiceType.SEAL
+        lines.append(
+            f'{{"ts":{ts // 1000}.{ts % 1000:03d},"request_id":"0A000001:{i:04X}_0A000002:1F90_'
+            f'{ts // 1000:08X}_{i:04X}:0001","client_ip":"192.0.2.{i % 200}","api_key_fp":"{fp}",'
+            f'"service_type":"{int(service)}","network":"1","server_id":"17","fe_type":"2",'
+            f'"traffic_type":"{1 if key else 3}","event_type":"{0 if key else 10}",'
+            f'"key_metadata":"{key[0] if key else "-"}","status":{status},'
+            f'"bytes_sent":"{rng.randint(150, 4000)}","path":"v1\\/fetch_k","TR":0,"Tw":0,'
+            f'"Tc":1,"Tr":{rng.randint(1, 40)},"Ta":{rng.randint(41, 60)},"backend_id":"3",'
+            f'"termination_state":"----","config_hex":"00000000"}}'
+        )
+    lines.insert(100, "this line is not a HAProxy log line")
+    lines.insert(300, '{"ts": 1795600075.000, "request_id": "cut-off')
+    lines.insert(400, "192.0.2.9:40722 [25/Nov/2026:07:08:20.000] api~ api_servers/<NOSRV> "
+                      "0/-1/-1/-1/0 503 212 - - SC-- 1/1/0/0/0 0/0 \"GET /v1/fetch_key HTTP/1.1\"")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n")
+    return True

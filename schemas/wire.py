@@ -44,8 +44,16 @@ class WireModel(BaseModel):
 
 
 def encode(value: WireModel) -> bytes:
-    """Serialise a wire model to JSON bytes (orjson); enums become their values."""
-    return orjson.dumps(value.model_dump(mode="json"))
+    """Serialise a wire model to JSON bytes: the same JSON as ``model_dump(mode="json")``
+    (tests hold them equal), written by orjson straight from the validated fields, which is
+    several times faster on the ingest hot path. orjson writes enums as their values."""
+    return orjson.dumps(value.__dict__, default=_nested)
+
+
+def _nested(value: object) -> object:
+    if isinstance(value, BaseModel):
+        return value.__dict__
+    raise TypeError(f"cannot serialise {type(value).__name__}")
 
 
 def decode(model: type[M], payload: bytes | bytearray | memoryview | str) -> M:

@@ -216,3 +216,15 @@ async def test_broker_away_for_30_seconds_loses_nothing(
         assert set(ids(messages)) == {f"t-{i:09d}" for i in range(written)}
     finally:
         assert proc.terminate() == 0
+
+
+async def test_once_stops_when_caught_up(ms_topics: Settings, tmp_path: Path) -> None:
+    log = tmp_path / "archive.log"
+    log.write_text("".join(json_line(i) + "\n" for i in range(3000)))
+    proc = tail(ms_topics, tmp_path, log)
+    proc.args.insert(1, "--once")
+    proc.start()
+    assert proc.proc is not None and proc.proc.wait(60) == 0
+    messages = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=3000)
+    assert sorted(ids(messages)) == [f"t-{i:09d}" for i in range(3000)]
+    assert [e.offset for e in CheckpointStore(tmp_path / "checkpoint").load().streams.values()] == [log.stat().st_size]

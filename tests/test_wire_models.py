@@ -144,3 +144,9 @@ def test_service_key_prefixes() -> None:
     assert ServiceType.from_key_prefix("G") is ServiceType.GRAPHQL
     with pytest.raises(ValueError):
         ServiceType.from_key_prefix("X")
+
+
+@pytest.mark.parametrize("name", sorted(EXAMPLES))
+def test_fast_encode_is_model_dump(name: str) -> None:
+    value = EXAMPLES[name]
+    assert encode(value) == orjson.dumps(value.model_dump(mode="json"))
