@@ -150,3 +150,17 @@ def test_service_key_prefixes() -> None:
 def test_fast_encode_is_model_dump(name: str) -> None:
     value = EXAMPLES[name]
     assert encode(value) == orjson.dumps(value.model_dump(mode="json"))
+
+
+def test_encoded_values_hold_no_spare_buffer() -> None:
+    """A round keeps ~20,000 encoded values: each must cost about its length, not orjson's
+    write buffer (~8 KiB), or a round holds 160 MiB instead of 13 MiB."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        values = [encode(LOG) for _ in range(1000)]
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held / len(values) < 2 * len(values[0]) + 200
