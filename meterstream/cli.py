@@ -169,40 +169,38 @@ def dev() -> None:
     """
 
 
-def _dev():  # noqa: ANN202 - the import is deferred: only `dev` needs these modules
+def _dev(action: str):  # noqa: ANN202 - deferred import: only these commands need it
+    """Run ``DevServices.<action>()``, printing what it did; its errors are usage errors."""
     from meterstream.devservices import DevServices
     from meterstream.devservices.system import ServiceError
 
-    return DevServices.default(), ServiceError
+    services = DevServices.default()
+    try:
+        for line in getattr(services, action)():
+            click.echo(line)
+    except ServiceError as exc:
+        raise click.ClickException(str(exc)) from None
+    return services
 
 
 @dev.command("up")
 def dev_up() -> None:
     """Install what is missing, create and start Kafka and Postgres; idempotent."""
-    services, error = _dev()
-    try:
-        for line in services.up():
-            click.echo(line)
-    except error as exc:
-        raise click.ClickException(str(exc)) from None
+    _dev("up")
 
 
 @dev.command("down")
 def dev_down() -> None:
     """Stop the Kafka broker and Postgres cluster that `dev up` started."""
-    services, error = _dev()
-    try:
-        for line in services.down():
-            click.echo(line)
-    except error as exc:
-        raise click.ClickException(str(exc)) from None
+    _dev("down")
 
 
 @dev.command("status")
 def dev_status() -> None:
     """Say whether the local services are running."""
-    services, _ = _dev()
-    for name, state in services.status().items():
+    from meterstream.devservices import DevServices
+
+    for name, state in DevServices.default().status().items():
         click.echo(f"{name}: {state}")
 
 
@@ -213,12 +211,7 @@ def demo(obj: Context) -> None:
     the sample customers and keys, tail a sample HAProxy log into Kafka, and show the result."""
     from meterstream.demo import run
 
-    services, error = _dev()
-    try:
-        for line in services.up():
-            click.echo(line)
-    except error as exc:
-        raise click.ClickException(str(exc)) from None
+    services = _dev("up")
     _run(run(obj.settings, click.echo, services.root / "demo"))
 
 
