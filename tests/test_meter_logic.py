@@ -1,0 +1,258 @@
+"""Metering rules (meter/usage.py, rate.py, spend.py): pure logic, table-driven, no services."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from meterstream.meter.clock import DAY_MS, HOUR_MS, MINUTE_MS
+from meterstream.meter.rate import CLEAR_AFTER, RateTracker, allowance
+from meterstream.meter.spend import SpendPolicy, SpendTracker
+from meterstream.meter.usage import Refused, UsageWindows
+from meterstream.schemas.enums import LimitKind, Network, ServiceType, SpendWindow, Tier
+
+
+def ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
+
+
+T0 = ms("2026-11-25T10:00:00")
+SEAL, MAIN = ServiceType.SEAL, Network.MAINNET
+
+
+# -- usage windows ---------------------------------------------------------------------------
+
+def add(w: UsageWindows, ts: int, traffic: int = 1, status: int = 200, size: int = 100, ta: int = 10,
+        customer: int = 7, now: int | None = None) -> Refused | None:
+    return w.add(customer, SEAL, MAIN, ts, traffic, status, size, ta, now_ms=now)
+
+
+def test_minute_windows_and_totals() -> None:
+    w = UsageWindows()
+    for ts, traffic, status in [(T0, 1, 200), (T0 + 59_999, 2, 304), (T0 + 30_000, 1, 404),
+                                (T0 + 1, 3, 403), (T0 + 2, 1, 503), (T0 + 60_000, 1, 200)]:
+        assert add(w, ts, traffic, status, ta=-1 if status == 403 else 10) is None
+    first, second = sorted(w.windows.items())
+    assert first[0] == (7, SEAL, MAIN, T0) and second[0] == (7, SEAL, MAIN, T0 + MINUTE_MS)
+    t = first[1].totals
+    assert (t.requests, t.billable, t.denied, t.client_errors, t.server_errors) == (5, 2, 1, 2, 1)
+    assert (t.bytes_sent, t.ta_sum_ms) == (500, 40)  # -1 (not reached) adds nothing
+
+
+def test_emission_is_throttled_to_a_second_of_event_time_then_final() -> None:
+    w = UsageWindows()
+    add(w, T0)
+    assert [(u.revision, u.final) for u in w.due()] == [(1, False)]
+    add(w, T0 + 200)
+    assert w.due() == []  # changed, but within a second of the last emission
+    add(w, T0 + 1_000)
+    assert [(u.revision, u.requests) for u in w.due()] == [(3, 3)]
+    assert w.due() == []
+    add(w, T0 + MINUTE_MS)  # the watermark passes the first window's end: it closes
+    out = w.due()
+    assert [(u.window_start, u.revision, u.final) for u in out] == [(T0, 3, True), (T0 + MINUTE_MS, 1, False)]
+    assert w.due() == []
+
+
+@pytest.mark.parametrize(
+    ("offset", "refused"),
+    [(-47 * HOUR_MS, None), (-48 * HOUR_MS, None), (-48 * HOUR_MS - 1, Refused.TOO_LATE),
+     (5 * MINUTE_MS, None), (5 * MINUTE_MS + 1, Refused.FROM_THE_FUTURE)],
+)
+def test_late_and_future_events(offset: int, refused: Refused | None) -> None:
+    w = UsageWindows()
+    add(w, T0)
+    assert add(w, T0 + offset) == refused
+    if refused is None and offset < 0:
+        late = [u for u in w.due() if u.window_start == T0 + offset - (T0 + offset) % MINUTE_MS]
+        assert late and late[0].requests == 1 and late[0].final  # counted in its own window
+
+
+def test_future_is_judged_against_the_wall_clock_too() -> None:
+    w = UsageWindows()
+    assert add(w, T0, now=T0 + HOUR_MS) is None  # old data replayed: never "future"
+    assert add(w, T0 + HOUR_MS + 4 * MINUTE_MS, now=T0 + HOUR_MS) is None
+    assert add(w, T0 + 3 * HOUR_MS, now=T0 + HOUR_MS) is Refused.FROM_THE_FUTURE
+
+
+def test_windows_past_retention_are_forgotten() -> None:
+    w = UsageWindows()
+    add(w, T0)
+    w.due()
+    add(w, T0 + 49 * HOUR_MS, now=T0 + 49 * HOUR_MS)  # not "future": the clock agrees
+    w.due()
+    assert [k[3] for k in w.windows] == [T0 + 49 * HOUR_MS]
+
+
+def test_replay_gives_the_same_outputs() -> None:
+    events = [(T0 + i * 137 % 200_000, 1 + i % 3, [200, 404, 500][i % 3]) for i in range(2_000)]
+
+    def run() -> list:
+        w, out = UsageWindows(), []
+        for ts, traffic, status in events:
+            add(w, ts, traffic, status)
+            out += w.due()
+        return out
+
+    assert run() == run()
+
+
+# -- rate --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("tier", "guaranteed", "burst", "allowed"),
+    [(Tier.STARTER, None, None, 100), (Tier.PRO, None, None, 2_000), (Tier.PRO, 1_500, None, 2_000),
+     (Tier.ENTERPRISE, 5_000, 8_000, 8_000), (Tier.ENTERPRISE, 5_000, None, 5_000)],
+)
+def test_allowance_per_tier(tier: Tier, guaranteed: int | None, burst: int | None, allowed: int) -> None:
+    assert allowance(tier, guaranteed, burst) == allowed
+
+
+def feed(tracker: RateTracker, per_second: list[int], start_s: int = 1_000) -> list[tuple[str, int]]:
+    out = []
+    for i, n in enumerate(per_second):
+        tracker.hit((start_s + i) * 1000, n)
+        out += [(c.kind.value, c.second - start_s) for c in tracker.advance((start_s + i) * 1000)]
+    out += [(c.kind.value, c.second - start_s) for c in tracker.advance((start_s + len(per_second)) * 1000)]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("seconds", "expected"),
+    [
+        ([101, 101], []),  # two seconds over: not yet
+        ([101, 101, 101], [("rate_exceeded", 2)]),
+        ([101, 101, 100, 101, 101], []),  # exactly the limit is not over: the run restarts
+        ([101] * 5, [("rate_exceeded", 2)]),  # once per crossing
+        ([101] * 3 + [50] * (CLEAR_AFTER - 1), [("rate_exceeded", 2)]),
+        ([101] * 3 + [50] * CLEAR_AFTER, [("rate_exceeded", 2), ("rate_cleared", 2 + CLEAR_AFTER)]),
+        ([101] * 3 + [50] * 30 + [101] + [50] * 59, [("rate_exceeded", 2)]),  # an over second resets
+    ],
+)
+def test_rate_exceeded_after_3s_cleared_after_60s(seconds: list[int], expected: list) -> None:
+    assert feed(RateTracker(allowed=100), seconds) == expected
+
+
+def test_silence_clears_at_the_right_second_without_judging_each() -> None:
+    tracker = RateTracker(allowed=100)
+    assert feed(tracker, [500, 500, 500]) == [("rate_exceeded", 2)]
+    crossings = tracker.advance((1_000 + 10_000) * 1000)  # hours of silence at once
+    assert [(c.kind, c.second - 1_000, c.observed) for c in crossings] == [
+        (LimitKind.RATE_CLEARED, 2 + CLEAR_AFTER, 0)]
+
+
+def test_late_hits_do_not_change_judged_seconds() -> None:
+    tracker = RateTracker(allowed=10)
+    tracker.hit(1_000_000, 5)
+    tracker.advance(1_002_000)
+    tracker.hit(1_000_500, 100)  # second 1000 is judged already
+    assert tracker.counts == {}
+
+
+# -- spend -------------------------------------------------------------------------------------
+
+CAP = 100_000_000  # $100 in µ$: 1,000,000 billable requests
+FUNDED = 10**12  # a balance that no test reaches, where the cap is the subject
+
+
+def kinds(crossings: list) -> list[str]:
+    return [c.kind.value for c in crossings]
+
+
+def test_thresholds_fire_once_per_crossing_with_hysteresis() -> None:
+    s, policy = SpendTracker(), SpendPolicy(cap_micros=CAP, balance_micros=FUNDED)
+    s.add(T0, 799_999)
+    assert kinds(s.evaluate(policy, T0)) == []
+    s.add(T0, 1)  # exactly 80 %
+    assert kinds(s.evaluate(policy, T0)) == ["spend_warning"]
+    s.add(T0, 100_000)
+    assert kinds(s.evaluate(policy, T0)) == []  # still above 80 %: no second warning
+    s.add(T0, 100_000)
+    reached = s.evaluate(policy, T0)
+    assert kinds(reached) == ["spend_cap_reached"]
+    assert (reached[0].observed, reached[0].limit) == (CAP, CAP)
+    raised = SpendPolicy(cap_micros=2 * CAP, balance_micros=FUNDED)  # the cap is raised: capacity returns
+    assert kinds(s.evaluate(raised, T0)) == ["spend_cleared"]
+    # lowered again: 2nd crossings (the raise had re-armed the warning too)
+    assert kinds(s.evaluate(policy, T0)) == ["spend_warning", "spend_cap_reached"]
+    ids = [c.event(7).event_id for c in [*reached, *s.evaluate(raised, T0)]]
+    assert ids == ["7:-:spend_cap_reached:rolling_30d:1", "7:-:spend_cleared:rolling_30d:2"]
+
+
+def test_rolling_window_day_30_to_31_frees_capacity() -> None:
+    s, policy = SpendTracker(), SpendPolicy(cap_micros=CAP, balance_micros=FUNDED)
+    day0 = ms("2026-11-01T12:00:00")
+    s.add(day0, 1_000_000)
+    assert kinds(s.evaluate(policy, day0)) == ["spend_warning", "spend_cap_reached"]
+    last_day_in = ms("2026-11-30T23:59:59.999")  # day 29 after day 0: still in the window
+    assert s.charges(policy, last_day_in) == CAP and s.evaluate(policy, last_day_in) == []
+    freed = ms("2026-12-01T00:00:00")  # day 30: day 0's bucket leaves the window
+    assert s.charges(policy, freed) == 0
+    assert kinds(s.evaluate(policy, freed)) == ["spend_cleared"]
+
+
+def test_a_day_that_frees_part_of_the_capacity() -> None:
+    s, policy = SpendTracker(), SpendPolicy(cap_micros=CAP, balance_micros=FUNDED)
+    s.add(ms("2026-11-01T08:00:00"), 300_000)
+    s.add(ms("2026-11-15T08:00:00"), 700_000)
+    now = ms("2026-11-30T08:00:00")
+    assert kinds(s.evaluate(policy, now)) == ["spend_warning", "spend_cap_reached"]
+    after = ms("2026-12-01T00:00:00")  # Nov 1 leaves; 70 % remains: cap cleared, warning re-armed
+    assert kinds(s.evaluate(policy, after)) == ["spend_cleared"]
+    s.add(after, 100_000)
+    assert kinds(s.evaluate(policy, after)) == ["spend_warning"]
+
+
+@pytest.mark.parametrize(
+    ("reached_at", "reset_at", "old", "new"),
+    [("2026-02-28T23:59:59.999", "2026-03-01T00:00:00", "2026-02", "2026-03"),
+     ("2028-02-29T12:00:00", "2028-03-01T00:00:00", "2028-02", "2028-03"),
+     ("2026-12-31T23:59:59.999", "2027-01-01T00:00:00", "2026-12", "2027-01")],
+)
+def test_calendar_month_resets_at_midnight_utc_on_the_1st(reached_at: str, reset_at: str, old: str, new: str) -> None:
+    s, policy = SpendTracker(), SpendPolicy(cap_micros=CAP, window=SpendWindow.CALENDAR_MONTH, balance_micros=FUNDED)
+    s.add(ms(reached_at), 1_000_000)
+    reached = s.evaluate(policy, ms(reached_at))
+    assert [(c.kind.value, c.window) for c in reached] == [("spend_warning", old), ("spend_cap_reached", old)]
+    assert s.evaluate(policy, ms(reset_at) - 1) == []
+    cleared = s.evaluate(policy, ms(reset_at))
+    assert [(c.kind.value, c.window) for c in cleared] == [("spend_cleared", new)]
+    s.add(ms(reset_at), 1_000_000)
+    again = s.evaluate(policy, ms(reset_at))
+    assert [c.event(7).event_id for c in again] == [
+        f"7:-:spend_warning:{new}:1", f"7:-:spend_cap_reached:{new}:1"]
+
+
+def test_committed_charges_count_and_balance_thresholds() -> None:
+    s = SpendTracker()
+    policy = SpendPolicy(cap_micros=CAP, balance_micros=25_000_000, committed_micros=5_000_000)
+    assert s.charges(policy, T0) == 5_000_000
+    assert kinds(s.evaluate(SpendPolicy(cap_micros=CAP), T0)) == []  # nothing owed: not exhausted
+    s.add(T0, 199_999)  # 19,999,900 + 5,000,000 committed: 100 µ$ below the balance
+    assert kinds(s.evaluate(policy, T0)) == []
+    s.add(T0, 1)
+    assert kinds(s.evaluate(policy, T0)) == ["balance_exhausted"]
+    deposit = SpendPolicy(cap_micros=CAP, balance_micros=125_000_000, committed_micros=5_000_000)
+    assert kinds(s.evaluate(deposit, T0)) == ["balance_restored"]
+
+
+def test_money_is_never_a_float() -> None:
+    with pytest.raises(TypeError, match="integer micro-dollars"):
+        SpendPolicy(cap_micros=100.0)  # type: ignore[arg-type]
+    s = SpendTracker()
+    s.add(T0, 3)
+    assert isinstance(s.charges(SpendPolicy(cap_micros=CAP, balance_micros=FUNDED), T0), int)
+
+
+def test_event_ids_are_deterministic_across_replays() -> None:
+    def scenario() -> list[str]:
+        s, out = SpendTracker(), []
+        for day in range(60):
+            now = ms("2026-10-01T12:00:00") + day * DAY_MS
+            s.add(now, 90_000)
+            out += [c.event(7).event_id for c in s.evaluate(SpendPolicy(cap_micros=CAP, balance_micros=FUNDED), now)]
+        return out
+
+    first = scenario()
+    assert first == scenario() and len(first) == len(set(first))
