@@ -137,6 +137,23 @@ def syslog(obj: Context, udp: str | None, tcp: str | None, http_port: int | None
     _run(serve("syslog", settings, receiver.run, receiver.request_stop, receiver.health))
 
 
+@main.command("sync-config")
+@click.option("--reconcile-interval", type=float, default=None, help="Seconds between full comparisons.")
+@click.option("--http-port", type=int, default=None, help="Port of /metrics and /healthz (0: any).")
+@pass_ctx
+def sync_config(obj: Context, reconcile_interval: float | None, http_port: int | None) -> None:
+    """Publish Postgres configuration (API keys, service instances, customers) to the
+    compacted meter.* topics: a snapshot, then changes as they happen (LISTEN/NOTIFY),
+    with periodic reconciliation; tombstones for revoked or deleted keys."""
+    from meterstream.meter.config_sync import ConfigSync
+    from meterstream.service import serve
+
+    settings = _with(obj.settings, sync={"reconcile_interval_s": reconcile_interval} if reconcile_interval else {},
+                     http={"port": http_port} if http_port is not None else {})
+    sync = ConfigSync(settings)
+    _run(serve("sync-config", settings, sync.run, sync.request_stop, sync.health))
+
+
 def _with(settings: Settings, **sections: dict[str, Any]) -> Settings:
     """Settings with some fields of some sections replaced (command-line flags)."""
     updates = {name: getattr(settings, name).model_copy(update=values)

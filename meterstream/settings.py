@@ -93,6 +93,12 @@ class SyslogSettings(Section):
     queue_lines: int = Field(default=50_000, ge=1, description="lines buffered before back-pressure")
 
 
+class SyncSettings(Section):
+    """`meterstream sync-config`."""
+
+    reconcile_interval_s: float = Field(default=60.0, gt=0, description="full comparison period")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MS_",
@@ -108,6 +114,7 @@ class Settings(BaseSettings):
     tail: TailSettings = TailSettings()
     produce: ProduceSettings = ProduceSettings()
     syslog: SyslogSettings = SyslogSettings()
+    sync: SyncSettings = SyncSettings()
     log_level: str = "info"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
 
