@@ -18,6 +18,7 @@ from typing import Any
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
 
 from meterstream import logs, pg
 from meterstream.kafka import read_to_end
@@ -195,7 +196,7 @@ class ConfigSync:
                 while not self.changes.empty():
                     await self._apply(self.changes.get_nowait())
                 self.failing_since = None
-            except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except (*pg.TRANSIENT, KafkaError) as exc:
                 self.failing_since = self.failing_since or time.monotonic()
                 log.warning("config sync failing, retrying", error=f"{type(exc).__name__}: {exc}"[:200])
                 await self._reset()

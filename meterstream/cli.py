@@ -154,6 +154,20 @@ def sync_config(obj: Context, reconcile_interval: float | None, http_port: int |
     _run(serve("sync-config", settings, sync.run, sync.request_stop, sync.health))
 
 
+@main.command("sink-postgres")
+@click.option("--http-port", type=int, default=None, help="Port of /metrics and /healthz (0: any).")
+@pass_ctx
+def sink_postgres(obj: Context, http_port: int | None) -> None:
+    """Persist haproxy.logs into haproxy_raw_logs exactly once: rows and consumed offsets in
+    one transaction (binary COPY through a staging table), idempotent on request_id."""
+    from meterstream.service import serve
+    from meterstream.sinks.postgres_sink import PostgresSink
+
+    settings = _with(obj.settings, http={"port": http_port} if http_port is not None else {})
+    sink = PostgresSink(settings)
+    _run(serve("sink-postgres", settings, sink.run, sink.request_stop, sink.health))
+
+
 def _with(settings: Settings, **sections: dict[str, Any]) -> Settings:
     """Settings with some fields of some sections replaced (command-line flags)."""
     updates = {name: getattr(settings, name).model_copy(update=values)

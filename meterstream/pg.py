@@ -10,9 +10,13 @@ from meterstream.settings import Settings
 
 log = logs.get(__name__)
 
-# Errors that mean "the server is not there (yet)": retried; anything else is a real error.
-TRANSIENT = (OSError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
-             asyncpg.ConnectionDoesNotExistError)
+# Errors that mean "the server is not there (yet), or went away": retried; anything else
+# (a constraint, a missing table) is a real error. Class 08 is connection exceptions, class 57
+# operator intervention (admin shutdown when the server restarts, cannot connect now).
+TRANSIENT: tuple[type[BaseException], ...] = (
+    OSError, TimeoutError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError, asyncpg.TooManyConnectionsError,
+)
 
 
 async def connect(settings: Settings, *, dsn: str | None = None, give_up_after_s: float = 60.0) -> asyncpg.Connection:

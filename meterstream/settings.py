@@ -99,6 +99,14 @@ class SyncSettings(Section):
     reconcile_interval_s: float = Field(default=60.0, gt=0, description="full comparison period")
 
 
+class SinkSettings(Section):
+    """`meterstream sink-postgres`."""
+
+    consumer: str = Field(default="meterstream-sink-postgres", description="group id and sink_offsets key")
+    batch_rows: int = Field(default=5_000, ge=1)
+    flush_interval_s: float = Field(default=0.2, gt=0)
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MS_",
@@ -115,6 +123,7 @@ class Settings(BaseSettings):
     produce: ProduceSettings = ProduceSettings()
     syslog: SyslogSettings = SyslogSettings()
     sync: SyncSettings = SyncSettings()
+    sink: SinkSettings = SinkSettings()
     log_level: str = "info"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
 

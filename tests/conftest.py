@@ -49,21 +49,18 @@ def unique(prefix: str) -> str:
 @pytest.fixture(scope="session")
 async def pg_template(services: Services) -> AsyncIterator[str]:
     """A database migrated once per session; each test's database is a copy of it."""
-    name = unique("ms_tpl")
-    admin = await asyncpg.connect(services.pg_admin_dsn)
-    await admin.execute(f'CREATE DATABASE "{name}"')
+    name = await _create_db(services, None, prefix="ms_tpl")
     conn = await asyncpg.connect(services.dsn(name))
     try:
         await migrate(conn)
     finally:
         await conn.close()
     yield name
-    await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    await admin.close()
+    await _drop_db(services, name)  # a new connection: a test may have restarted Postgres
 
 
-async def _create_db(services: Services, template: str | None) -> str:
-    name = unique("ms_test")
+async def _create_db(services: Services, template: str | None, prefix: str = "ms_test") -> str:
+    name = unique(prefix)
     admin = await asyncpg.connect(services.pg_admin_dsn)
     try:
         clause = f' TEMPLATE "{template}"' if template else ""

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.services
 TABLES = {
     "customers", "service_instances", "api_keys", "seal_keys", "seal_key_packages",
     "customer_encryption_keys", "haproxy_raw_logs", "usage_records", "usage_minutes",
-    "limit_events", "vault_versions", "schema_migrations",
+    "limit_events", "vault_versions", "schema_migrations", "sink_offsets",
 }
 
 

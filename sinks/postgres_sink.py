@@ -1,0 +1,206 @@
+"""`meterstream sink-postgres`: haproxy.logs -> haproxy_raw_logs, exactly once.
+
+Kafka's "storing offsets outside Kafka" pattern: each batch is one Postgres transaction that
+copies the rows (binary COPY into a temporary staging table, then INSERT ... ON CONFLICT DO
+NOTHING, since COPY cannot skip duplicates) and upserts the next offset of every partition
+it covers into ``sink_offsets``. When partitions are assigned the consumer seeks to those
+offsets, so after a crash nothing is applied twice and nothing is skipped; the group's
+committed offsets are not used. A repeated record (same request_id, e.g. from a tailer
+restart) inserts nothing. While Postgres is away the batch is retried with backoff and
+nothing more is consumed; memory is bounded by ``sink.batch_rows``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import defaultdict
+
+import asyncpg
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from meterstream import logs, pg
+from meterstream.schemas import topics
+from meterstream.schemas.records import LogRecord
+from meterstream.schemas.wire import WireError, decode
+from meterstream.settings import Settings
+from meterstream.sinks import metrics, raw_logs
+
+log = logs.get(__name__)
+STAGING = "raw_logs_staging"
+
+
+class _Seeker(ConsumerRebalanceListener):
+    def __init__(self, sink: PostgresSink) -> None:
+        self.sink = sink
+
+    async def on_partitions_revoked(self, revoked: list[TopicPartition]) -> None:
+        async with self.sink.lock:  # a batch being written finishes first; the rest is dropped
+            self.sink.drop(revoked)
+
+    async def on_partitions_assigned(self, assigned: list[TopicPartition]) -> None:
+        async with self.sink.lock:
+            await self.sink.seek_to_stored(assigned)
+
+
+class PostgresSink:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topic = settings.topic(topics.HAPROXY_LOGS)
+        self.consumer_name = settings.sink.consumer
+        self.lock = asyncio.Lock()
+        self.pending: list[tuple[TopicPartition, int, tuple | None]] = []  # (tp, offset, row)
+        self.expected: dict[TopicPartition, int] = {}  # next offset to take, per partition
+        self.conn: asyncpg.Connection | None = None
+        self.consumer: AIOKafkaConsumer | None = None
+        self.stop_requested = asyncio.Event()
+        self.failing_since: float | None = None
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        failing = self.failing_since
+        return failing is None or time.monotonic() - failing < 60, {"pending": len(self.pending)}
+
+    # -- Postgres ----------------------------------------------------------------------------
+    async def _connection(self) -> asyncpg.Connection:
+        while self.conn is None or self.conn.is_closed():
+            try:
+                conn = await pg.connect(self.settings, give_up_after_s=0)  # one try: backoff is ours
+                await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {STAGING} "
+                                   f"(LIKE {raw_logs.TABLE} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+                self.conn = conn
+            except pg.TRANSIENT as exc:
+                await self._backoff(exc)
+        return self.conn
+
+    async def _backoff(self, exc: BaseException) -> None:
+        metrics.FAILURES.inc()
+        self.failing_since = self.failing_since or time.monotonic()
+        log.warning("postgres unavailable, retrying", error=f"{type(exc).__name__}: {exc}"[:200])
+        if self.conn is not None:
+            self.conn.terminate()
+            self.conn = None
+        await asyncio.sleep(min(5.0, 0.5 + (time.monotonic() - self.failing_since) / 4))
+
+    async def seek_to_stored(self, assigned: list[TopicPartition]) -> None:
+        if not assigned:
+            return
+        assert self.consumer is not None
+        while True:
+            try:
+                conn = await self._connection()
+                rows = await conn.fetch(
+                    "SELECT partition, next_offset FROM sink_offsets WHERE consumer = $1 AND topic = $2",
+                    self.consumer_name, self.topic)
+                break
+            except pg.TRANSIENT as exc:
+                await self._backoff(exc)
+        stored = {r["partition"]: r["next_offset"] for r in rows}
+        # explicit positions: aiokafka's seek_to_beginning resets lazily, after records already
+        # fetched from the old position were handed out (which repeated a batch)
+        beginnings = await self.consumer.beginning_offsets([tp for tp in assigned if tp.partition not in stored])
+        for tp in assigned:
+            position = stored.get(tp.partition, beginnings.get(tp, 0))
+            self.consumer.seek(tp, position)
+            self.expected[tp] = position
+        log.info("partitions assigned", partitions=[tp.partition for tp in assigned],
+                 resume={tp.partition: stored.get(tp.partition, 0) for tp in assigned})
+
+    def drop(self, revoked: list[TopicPartition]) -> None:
+        gone = set(revoked)
+        self.pending = [p for p in self.pending if p[0] not in gone]
+        for tp in gone:
+            self.expected.pop(tp, None)
+
+    async def flush(self) -> None:
+        """Write the pending batch and its offsets in one transaction; retry until it is in."""
+        async with self.lock:
+            if not self.pending:
+                return
+            rows = [p[2] for p in self.pending if p[2] is not None]
+            next_offsets: dict[int, int] = {}
+            for tp, offset, _ in self.pending:
+                next_offsets[tp.partition] = max(next_offsets.get(tp.partition, 0), offset + 1)
+            while True:
+                started = time.monotonic()
+                try:
+                    conn = await self._connection()
+                    async with conn.transaction():
+                        if rows:
+                            await conn.copy_records_to_table(STAGING, records=rows, columns=raw_logs.COLUMNS)
+                        inserted = await conn.fetchval(
+                            f"WITH new AS (INSERT INTO {raw_logs.TABLE} SELECT * FROM {STAGING} "
+                            f"ON CONFLICT ON CONSTRAINT {raw_logs.CONFLICT} DO NOTHING RETURNING 1) "
+                            "SELECT count(*) FROM new")
+                        await conn.executemany(
+                            """INSERT INTO sink_offsets (consumer, topic, partition, next_offset)
+                               VALUES ($1, $2, $3, $4)
+                               ON CONFLICT (consumer, topic, partition) DO UPDATE
+                               SET next_offset = GREATEST(sink_offsets.next_offset, EXCLUDED.next_offset),
+                                   updated_at = now()""",
+                            [(self.consumer_name, self.topic, p, o) for p, o in next_offsets.items()])
+                    break
+                except pg.TRANSIENT as exc:
+                    await self._backoff(exc)
+            metrics.BATCH_SECONDS.observe(time.monotonic() - started)
+            metrics.ROWS.labels(raw_logs.TABLE).inc(inserted)
+            metrics.DUPLICATES.labels(raw_logs.TABLE).inc(len(rows) - inserted)
+            self.failing_since = None
+            self.pending = []
+
+    # -- Kafka -------------------------------------------------------------------------------
+    def _take(self, tp: TopicPartition, offset: int, value: bytes | None) -> None:
+        # Only records at or past the position this sink set for the partition: aiokafka can
+        # hand out records of a newly assigned partition before the assignment callback's seek
+        # to the stored offset took effect; those come again from that offset.
+        expected = self.expected.get(tp)
+        if expected is None or offset < expected:
+            return
+        self.expected[tp] = offset + 1
+        row = None
+        if value is not None:
+            try:
+                row = raw_logs.row(decode(LogRecord, value))
+            except WireError as exc:
+                metrics.UNDECODABLE.labels(tp.topic).inc()
+                log.error("message is not a LogRecord: skipped", topic=tp.topic, partition=tp.partition,
+                          offset=offset, error=str(exc)[:300])
+        self.pending.append((tp, offset, row))
+
+    async def run(self) -> None:
+        s = self.settings
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka.bootstrap, group_id=self.consumer_name,
+            client_id=f"{s.kafka.client_id}-sink-postgres", enable_auto_commit=False,
+            auto_offset_reset="earliest", max_poll_interval_ms=3_600_000, isolation_level="read_committed",
+        )
+        self.consumer.subscribe([self.topic], listener=_Seeker(self))
+        await self.consumer.start()
+        try:
+            last_flush = time.monotonic()
+            while not self.stop_requested.is_set():
+                batch = await self.consumer.getmany(timeout_ms=100, max_records=s.sink.batch_rows - len(self.pending))
+                for tp, messages in batch.items():
+                    for m in messages:
+                        self._take(tp, m.offset, m.value)
+                due = time.monotonic() - last_flush >= s.sink.flush_interval_s
+                if len(self.pending) >= s.sink.batch_rows or (self.pending and due):
+                    await self.flush()
+                    last_flush = time.monotonic()
+                    await self._update_lag()
+            await self.flush()
+        finally:
+            await asyncio.wait_for(self.consumer.stop(), s.produce.stop_timeout_s)
+            if self.conn is not None:
+                await self.conn.close()
+
+    async def _update_lag(self) -> None:
+        assert self.consumer is not None
+        assignment = list(self.consumer.assignment())
+        if not assignment:
+            return
+        ends = await self.consumer.end_offsets(assignment)
+        for tp in assignment:
+            metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(0, ends[tp] - await self.consumer.position(tp)))
+
+    def request_stop(self) -> None:
+        self.stop_requested.set()

@@ -1,0 +1,38 @@
+"""haproxy.logs -> haproxy_raw_logs: the row of a LogRecord (columns of migration 0001)."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import UTC, datetime, timedelta
+
+from meterstream.schemas.records import LogRecord
+
+TABLE = "haproxy_raw_logs"
+CONFLICT = "haproxy_raw_logs_request_id_unique"  # the same name with and without TimescaleDB
+COLUMNS = (
+    "request_id", "ts", "client_ip", "api_key_fp", "service_type", "network", "server_id",
+    "fe_type", "traffic_type", "event_type", "key_metadata", "status_code", "bytes_sent",
+    "path_prefix", "time_request_ms", "time_queue_ms", "time_connect_ms", "time_response_ms",
+    "time_total_ms", "backend_id", "termination_state", "config_hex", "source_stream", "source_offset",
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None  # HAProxy logs a unix socket peer or nothing: no INET value
+
+
+def _code(value: int | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def row(r: LogRecord) -> tuple:
+    return (
+        r.request_id, _EPOCH + timedelta(milliseconds=r.ts), _ip(r.client_ip), r.api_key_fp,
+        _code(r.service_type), _code(r.network), r.server_id, _code(r.fe_type), int(r.traffic_type),
+        r.event_type, r.key_metadata, r.status, r.bytes_sent, r.path, r.TR, r.Tw, r.Tc, r.Tr, r.Ta,
+        r.backend_id, r.termination_state, r.config_hex, r.src.stream, r.src.offset,
+    )

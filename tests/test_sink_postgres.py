@@ -1,0 +1,131 @@
+"""`meterstream sink-postgres`: haproxy.logs -> haproxy_raw_logs exactly once (real Kafka, Postgres)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from meterstream.schemas.topics import key_of
+from meterstream.schemas.wire import encode
+from meterstream.settings import Settings
+from tests.examples import LOG
+from tests.helpers import Process
+
+pytestmark = pytest.mark.services
+
+
+def record(i: int):  # noqa: ANN201
+    return LOG.model_copy(update={"request_id": f"r-{i:08d}", "api_key_fp": (i % 50) + 1,
+                                  "ts": LOG.ts + i, "src": LOG.src.model_copy(update={"offset": i * 100})})
+
+
+async def produce(settings: Settings, ids: list[int], extra: list[bytes] = ()) -> int:  # noqa: B006
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        topic = settings.topic("haproxy.logs")
+        futures = [await producer.send(topic, encode(record(i)), key=key_of(record(i))) for i in ids]
+        futures += [await producer.send(topic, raw, key=b"junk") for raw in extra]
+        await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return len(futures)
+
+
+def sink(settings: Settings, dsn: str, tmp_path: Path) -> Process:
+    return Process(["sink-postgres"], {"MS_KAFKA__BOOTSTRAP": settings.kafka.bootstrap,
+                                       "MS_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+                                       "MS_POSTGRES__DSN": dsn, "MS_SINK__BATCH_ROWS": "700"},
+                   tmp_path / "sink.log")
+
+
+async def _until_failed(proc: Process) -> None:
+    while proc.metric("meterstream_sink_postgres_failures_total") < 1:
+        await asyncio.sleep(0.2)
+
+
+async def consumed(pg: asyncpg.Connection) -> int:
+    return await pg.fetchval("SELECT coalesce(sum(next_offset), 0) FROM sink_offsets") or 0
+
+
+async def test_rows_duplicates_and_bad_messages(
+    ms_topics: Settings, pg_dsn: str, pg: asyncpg.Connection, tmp_path: Path
+) -> None:
+    ids = list(range(2_000)) + list(range(0, 2_000, 10))  # 200 repeated records
+    total = await produce(ms_topics, ids, extra=[b"not json", b'{"v": 1}'])
+    proc = sink(ms_topics, pg_dsn, tmp_path).start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 60
+        while await consumed(pg) < total:
+            assert asyncio.get_running_loop().time() < deadline, "the sink did not catch up"
+            await asyncio.sleep(0.2)
+        assert await pg.fetchval("SELECT count(*) FROM haproxy_raw_logs") == 2_000
+        row = await pg.fetchrow("SELECT * FROM haproxy_raw_logs WHERE request_id = 'r-00000007'")
+        r = record(7)
+        assert row["ts"] == datetime(1970, 1, 1, tzinfo=UTC) + timedelta(milliseconds=r.ts)
+        assert (str(row["client_ip"]), row["api_key_fp"], row["service_type"], row["network"]) == (
+            r.client_ip, r.api_key_fp, 1, 1)
+        assert (row["status_code"], row["bytes_sent"], row["path_prefix"], row["time_total_ms"]) == (
+            r.status, r.bytes_sent, r.path, r.Ta)
+        assert (row["source_stream"], row["source_offset"], row["termination_state"]) == (
+            r.src.stream, 700, "----")
+        assert proc.metric("meterstream_sink_duplicates_total", 'table="haproxy_raw_logs"') == 200
+        assert proc.metric("meterstream_sink_undecodable_total", f'topic="{ms_topics.topic("haproxy.logs")}"') == 2
+    finally:
+        assert proc.terminate() == 0
+
+
+@pytest.mark.slow
+async def test_exactly_once_through_kill_9_and_a_postgres_restart(
+    ms_topics: Settings, pg_dsn: str, tmp_path: Path
+) -> None:
+    if os.environ.get("MS_TEST_EXTERNAL"):
+        pytest.skip("restarts Postgres: only with the project's own services")
+    from meterstream.devservices import DevServices
+
+    pg = await asyncpg.connect(pg_dsn)  # its own: the restart below breaks every connection
+
+    cluster = DevServices.default().postgres
+    rng = random.Random(5)
+    truth: set[int] = set()
+    sent = 0
+    proc = sink(ms_topics, pg_dsn, tmp_path).start()
+    for step in range(8):
+        if step == 4:  # Postgres crashes (not a clean shutdown) while records keep coming
+            await pg.close()
+            await asyncio.to_thread(cluster.stop, "immediate")
+        ids = list(range(step * 4_000, (step + 1) * 4_000))
+        ids += rng.sample(ids, 400)  # repeats within the step
+        truth.update(ids)
+        sent += await produce(ms_topics, ids)
+        await asyncio.sleep(rng.uniform(0.3, 1.2))
+        if step in (1, 3, 6):
+            proc.kill9()
+            proc.start()
+        if step == 4:
+            try:
+                # the sink meets the outage once it holds partitions again (after a kill -9 the
+                # group first waits out the dead member's session)
+                await asyncio.wait_for(_until_failed(proc), 60)
+            finally:
+                await asyncio.to_thread(cluster.start)
+            pg = await asyncpg.connect(pg_dsn)
+    try:
+        deadline = asyncio.get_running_loop().time() + 120
+        while await consumed(pg) < sent:
+            assert asyncio.get_running_loop().time() < deadline, "the sink did not catch up"
+            await asyncio.sleep(0.3)
+        assert await consumed(pg) == sent
+        got = await pg.fetch("SELECT request_id FROM haproxy_raw_logs")
+        assert len(got) == len(truth)
+        assert {r["request_id"] for r in got} == {f"r-{i:08d}" for i in truth}
+    finally:
+        assert proc.terminate() == 0
+        await pg.close()
