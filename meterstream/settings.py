@@ -103,6 +103,8 @@ class SinkSettings(Section):
     """`meterstream sink-postgres`."""
 
     consumer: str = Field(default="meterstream-sink-postgres", description="group id and sink_offsets key")
+    topics: list[str] = Field(default_factory=lambda: ["haproxy.logs", "meter.usage", "meter.breaches"],
+                              description="logical topics to persist")
     batch_rows: int = Field(default=5_000, ge=1)
     flush_interval_s: float = Field(default=0.2, gt=0)
 

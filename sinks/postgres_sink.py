@@ -1,8 +1,9 @@
-"""`meterstream sink-postgres`: haproxy.logs -> haproxy_raw_logs, exactly once.
+"""`meterstream sink-postgres`: haproxy.logs -> haproxy_raw_logs, meter.usage -> usage_minutes
+and usage_records, meter.breaches -> limit_events, exactly once.
 
 Kafka's "storing offsets outside Kafka" pattern: each batch is one Postgres transaction that
-copies the rows (binary COPY into a temporary staging table, then INSERT ... ON CONFLICT DO
-NOTHING, since COPY cannot skip duplicates) and upserts the next offset of every partition
+copies the rows of each topic (binary COPY into a temporary staging table, then an INSERT ...
+ON CONFLICT from it, since COPY cannot skip duplicates; see each handler module) and upserts the next offset of every partition
 it covers into ``sink_offsets``. When partitions are assigned the consumer seeks to those
 offsets, so after a crash nothing is applied twice and nothing is skipped; the group's
 committed offsets are not used. A repeated record (same request_id, e.g. from a tailer
@@ -21,13 +22,13 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from meterstream import logs, pg
 from meterstream.schemas import topics
-from meterstream.schemas.records import LogRecord
 from meterstream.schemas.wire import WireError, decode
 from meterstream.settings import Settings
-from meterstream.sinks import metrics, raw_logs
+from meterstream.sinks import limit_events, metrics, raw_logs, usage
 
 log = logs.get(__name__)
-STAGING = "raw_logs_staging"
+# topic -> its handler module: MODEL, TABLE, STAGING, COLUMNS, row(value), write(conn)
+HANDLERS = {topics.HAPROXY_LOGS: raw_logs, topics.METER_USAGE: usage, topics.METER_BREACHES: limit_events}
 
 
 class _Seeker(ConsumerRebalanceListener):
@@ -46,7 +47,7 @@ class _Seeker(ConsumerRebalanceListener):
 class PostgresSink:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.topic = settings.topic(topics.HAPROXY_LOGS)
+        self.handlers = {settings.topic(name): HANDLERS[name] for name in settings.sink.topics}
         self.consumer_name = settings.sink.consumer
         self.lock = asyncio.Lock()
         self.pending: list[tuple[TopicPartition, int, tuple | None]] = []  # (tp, offset, row)
@@ -65,8 +66,9 @@ class PostgresSink:
         while self.conn is None or self.conn.is_closed():
             try:
                 conn = await pg.connect(self.settings, give_up_after_s=0)  # one try: backoff is ours
-                await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {STAGING} "
-                                   f"(LIKE {raw_logs.TABLE} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
+                for handler in self.handlers.values():
+                    await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {handler.STAGING} "
+                                       f"(LIKE {handler.TABLE} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
                 self.conn = conn
             except pg.TRANSIENT as exc:
                 await self._backoff(exc)
@@ -89,21 +91,20 @@ class PostgresSink:
             try:
                 conn = await self._connection()
                 rows = await conn.fetch(
-                    "SELECT partition, next_offset FROM sink_offsets WHERE consumer = $1 AND topic = $2",
-                    self.consumer_name, self.topic)
+                    "SELECT topic, partition, next_offset FROM sink_offsets WHERE consumer = $1",
+                    self.consumer_name)
                 break
             except pg.TRANSIENT as exc:
                 await self._backoff(exc)
-        stored = {r["partition"]: r["next_offset"] for r in rows}
+        stored = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
         # explicit positions: aiokafka's seek_to_beginning resets lazily, after records already
         # fetched from the old position were handed out (which repeated a batch)
-        beginnings = await self.consumer.beginning_offsets([tp for tp in assigned if tp.partition not in stored])
+        beginnings = await self.consumer.beginning_offsets([tp for tp in assigned if tp not in stored])
         for tp in assigned:
-            position = stored.get(tp.partition, beginnings.get(tp, 0))
+            position = stored.get(tp, beginnings.get(tp, 0))
             self.consumer.seek(tp, position)
             self.expected[tp] = position
-        log.info("partitions assigned", partitions=[tp.partition for tp in assigned],
-                 resume={tp.partition: stored.get(tp.partition, 0) for tp in assigned})
+        log.info("partitions assigned", resume={f"{tp.topic}:{tp.partition}": self.expected[tp] for tp in assigned})
 
     def drop(self, revoked: list[TopicPartition]) -> None:
         gone = set(revoked)
@@ -116,34 +117,38 @@ class PostgresSink:
         async with self.lock:
             if not self.pending:
                 return
-            rows = [p[2] for p in self.pending if p[2] is not None]
-            next_offsets: dict[int, int] = {}
-            for tp, offset, _ in self.pending:
-                next_offsets[tp.partition] = max(next_offsets.get(tp.partition, 0), offset + 1)
+            rows: dict[str, list[tuple]] = defaultdict(list)
+            next_offsets: dict[tuple[str, int], int] = {}
+            for tp, offset, row in self.pending:
+                if row is not None:
+                    rows[tp.topic].append(row)
+                key = (tp.topic, tp.partition)
+                next_offsets[key] = max(next_offsets.get(key, 0), offset + 1)
             while True:
                 started = time.monotonic()
                 try:
                     conn = await self._connection()
+                    written = {}
                     async with conn.transaction():
-                        if rows:
-                            await conn.copy_records_to_table(STAGING, records=rows, columns=raw_logs.COLUMNS)
-                        inserted = await conn.fetchval(
-                            f"WITH new AS (INSERT INTO {raw_logs.TABLE} SELECT * FROM {STAGING} "
-                            f"ON CONFLICT ON CONSTRAINT {raw_logs.CONFLICT} DO NOTHING RETURNING 1) "
-                            "SELECT count(*) FROM new")
+                        for topic, topic_rows in rows.items():
+                            handler = self.handlers[topic]
+                            await conn.copy_records_to_table(handler.STAGING, records=topic_rows,
+                                                             columns=handler.COLUMNS)
+                            written[handler.TABLE] = (await handler.write(conn), len(topic_rows))
                         await conn.executemany(
                             """INSERT INTO sink_offsets (consumer, topic, partition, next_offset)
                                VALUES ($1, $2, $3, $4)
                                ON CONFLICT (consumer, topic, partition) DO UPDATE
                                SET next_offset = GREATEST(sink_offsets.next_offset, EXCLUDED.next_offset),
                                    updated_at = now()""",
-                            [(self.consumer_name, self.topic, p, o) for p, o in next_offsets.items()])
+                            [(self.consumer_name, t, p, o) for (t, p), o in next_offsets.items()])
                     break
                 except pg.TRANSIENT as exc:
                     await self._backoff(exc)
             metrics.BATCH_SECONDS.observe(time.monotonic() - started)
-            metrics.ROWS.labels(raw_logs.TABLE).inc(inserted)
-            metrics.DUPLICATES.labels(raw_logs.TABLE).inc(len(rows) - inserted)
+            for table, (new, taken) in written.items():
+                metrics.ROWS.labels(table).inc(new)
+                metrics.DUPLICATES.labels(table).inc(taken - new)
             self.failing_since = None
             self.pending = []
 
@@ -158,11 +163,12 @@ class PostgresSink:
         self.expected[tp] = offset + 1
         row = None
         if value is not None:
+            handler = self.handlers[tp.topic]
             try:
-                row = raw_logs.row(decode(LogRecord, value))
+                row = handler.row(decode(handler.MODEL, value))
             except WireError as exc:
                 metrics.UNDECODABLE.labels(tp.topic).inc()
-                log.error("message is not a LogRecord: skipped", topic=tp.topic, partition=tp.partition,
+                log.error("message is not a valid wire value: skipped", topic=tp.topic, partition=tp.partition,
                           offset=offset, error=str(exc)[:300])
         self.pending.append((tp, offset, row))
 
@@ -173,7 +179,7 @@ class PostgresSink:
             client_id=f"{s.kafka.client_id}-sink-postgres", enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_interval_ms=3_600_000, isolation_level="read_committed",
         )
-        self.consumer.subscribe([self.topic], listener=_Seeker(self))
+        self.consumer.subscribe(list(self.handlers), listener=_Seeker(self))
         await self.consumer.start()
         try:
             last_flush = time.monotonic()

@@ -5,10 +5,14 @@ from __future__ import annotations
 import ipaddress
 from datetime import UTC, datetime, timedelta
 
+import asyncpg
+
 from meterstream.schemas.records import LogRecord
 
 TABLE = "haproxy_raw_logs"
+STAGING = "raw_logs_staging"
 CONFLICT = "haproxy_raw_logs_request_id_unique"  # the same name with and without TimescaleDB
+MODEL = LogRecord
 COLUMNS = (
     "request_id", "ts", "client_ip", "api_key_fp", "service_type", "network", "server_id",
     "fe_type", "traffic_type", "event_type", "key_metadata", "status_code", "bytes_sent",
@@ -36,3 +40,10 @@ def row(r: LogRecord) -> tuple:
         r.event_type, r.key_metadata, r.status, r.bytes_sent, r.path, r.TR, r.Tw, r.Tc, r.Tr, r.Ta,
         r.backend_id, r.termination_state, r.config_hex, r.src.stream, r.src.offset,
     )
+
+
+async def write(conn: asyncpg.Connection) -> int:
+    """From the staging table (filled by the caller): returns the rows that were new."""
+    return await conn.fetchval(
+        f"WITH new AS (INSERT INTO {TABLE} SELECT * FROM {STAGING} "
+        f"ON CONFLICT ON CONSTRAINT {CONFLICT} DO NOTHING RETURNING 1) SELECT count(*) FROM new")

@@ -129,3 +129,52 @@ async def test_exactly_once_through_kill_9_and_a_postgres_restart(
     finally:
         assert proc.terminate() == 0
         await pg.close()
+
+
+async def test_usage_windows_roll_up_and_limit_events_once(
+    ms_topics: Settings, pg_dsn: str, pg: asyncpg.Connection, tmp_path: Path
+) -> None:
+    from meterstream.schemas import LimitEvent, LimitKind, UsageWindow
+    from meterstream.schemas.enums import Network, ServiceType
+
+    hour = 1_795_600_800_000  # 2026-11-25T07:20:00Z is inside; the hour starts at 07:00
+    hour -= hour % 3_600_000
+
+    def window(minute: int, revision: int, requests: int, network: Network = Network.MAINNET,
+               final: bool = False) -> UsageWindow:
+        return UsageWindow(customer_id=42, service_type=ServiceType.SEAL, network=network,
+                           window_start=hour + minute * 60_000, revision=revision, final=final,
+                           requests=requests, billable=requests // 2, bytes_sent=requests * 10)
+
+    usage = [window(0, 1, 5), window(0, 3, 30), window(0, 2, 20),  # rev 2 arrives late: ignored
+             window(0, 3, 30, final=True),  # same totals, now final
+             window(59, 1, 7), window(59, 1, 4, network=Network.TESTNET), window(60, 1, 100)]
+    events = [LimitEvent(event_id=f"42:-:spend_warning:rolling_30d:{n}", customer_id=42,
+                         kind=LimitKind.SPEND_WARNING, observed=80, limit=80, window="rolling_30d:1",
+                         at=hour) for n in (1, 1, 2)]
+    producer = AIOKafkaProducer(bootstrap_servers=ms_topics.kafka.bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for topic, values in (("meter.usage", usage), ("meter.breaches", events)):
+            for value in values:  # one key per window/customer: in order on one partition
+                await producer.send_and_wait(ms_topics.topic(topic), encode(value), key=key_of(value))
+    finally:
+        await producer.stop()
+    proc = sink(ms_topics, pg_dsn, tmp_path).start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 60
+        while await consumed(pg) < len(usage) + len(events):
+            assert asyncio.get_running_loop().time() < deadline, "the sink did not catch up"
+            await asyncio.sleep(0.2)
+    finally:
+        assert proc.terminate() == 0
+    minutes = await pg.fetch("SELECT network, extract(epoch FROM window_start)::bigint * 1000 AS start, "
+                             "revision, final, requests FROM usage_minutes ORDER BY start, network")
+    assert [tuple(m) for m in minutes] == [
+        (1, hour, 3, True, 30), (0, hour + 59 * 60_000, 1, False, 4), (1, hour + 59 * 60_000, 1, False, 7),
+        (1, hour + 3_600_000, 1, False, 100)]
+    hours = await pg.fetch("SELECT extract(epoch FROM window_start)::bigint * 1000 AS h, requests, "
+                           "billable_requests, bytes_sent FROM usage_records ORDER BY h")
+    assert [tuple(h) for h in hours] == [(hour, 41, 15 + 2 + 3, 410), (hour + 3_600_000, 100, 50, 1000)]
+    assert [r["event_id"] for r in await pg.fetch("SELECT event_id FROM limit_events ORDER BY event_id")] == [
+        "42:-:spend_warning:rolling_30d:1", "42:-:spend_warning:rolling_30d:2"]

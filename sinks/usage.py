@@ -1,0 +1,57 @@
+"""meter.usage -> usage_minutes (absolute totals, newer revisions only) and usage_records
+(hourly, recomputed from the minutes of the hours a batch touched: absolute, so idempotent)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+
+from meterstream.schemas.usage import UsageWindow
+
+TABLE = "usage_minutes"
+STAGING = "usage_minutes_staging"
+COLUMNS = ("customer_id", "service_type", "network", "window_start", "revision", "final", "requests",
+           "billable", "bytes_sent", "denied", "client_errors", "server_errors", "ta_sum_ms")
+MODEL = UsageWindow
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_COUNTS = ("requests", "billable", "bytes_sent", "denied", "client_errors", "server_errors", "ta_sum_ms")
+
+
+def row(u: UsageWindow) -> tuple:
+    return (u.customer_id, int(u.service_type), int(u.network), _EPOCH + timedelta(milliseconds=u.window_start),
+            u.revision, u.final, u.requests, u.billable, u.bytes_sent, u.denied, u.client_errors,
+            u.server_errors, u.ta_sum_ms)
+
+
+async def write(conn: asyncpg.Connection) -> int:
+    """From the staging table (filled by the caller): returns the minute rows that changed."""
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in ("revision", "final", *_COUNTS))
+    changed = await conn.fetchval(
+        f"""WITH latest AS (
+                SELECT DISTINCT ON (customer_id, service_type, network, window_start) *
+                FROM {STAGING} ORDER BY customer_id, service_type, network, window_start, revision DESC, final DESC),
+            up AS (
+                INSERT INTO {TABLE} ({", ".join(COLUMNS)}) SELECT {", ".join(COLUMNS)} FROM latest
+                ON CONFLICT (customer_id, service_type, network, window_start) DO UPDATE SET {updates},
+                    updated_at = now()
+                WHERE {TABLE}.revision < EXCLUDED.revision
+                   OR ({TABLE}.revision = EXCLUDED.revision AND EXCLUDED.final AND NOT {TABLE}.final)
+                RETURNING 1)
+            SELECT count(*) FROM up""")
+    sums = ", ".join(f"sum({c})" for c in _COUNTS)
+    await conn.execute(
+        f"""WITH hours AS (SELECT DISTINCT customer_id, service_type, date_trunc('hour', window_start) AS h
+                           FROM {STAGING})
+            INSERT INTO usage_records (customer_id, service_type, window_start, requests, billable_requests,
+                                       bytes_sent, denied, client_errors, server_errors, ta_sum_ms)
+            SELECT m.customer_id, m.service_type, hours.h, {sums}
+            FROM usage_minutes m JOIN hours ON m.customer_id = hours.customer_id
+                 AND m.service_type = hours.service_type AND date_trunc('hour', m.window_start) = hours.h
+            GROUP BY m.customer_id, m.service_type, hours.h
+            ON CONFLICT (customer_id, service_type, window_start) DO UPDATE SET
+                requests = EXCLUDED.requests, billable_requests = EXCLUDED.billable_requests,
+                bytes_sent = EXCLUDED.bytes_sent, denied = EXCLUDED.denied,
+                client_errors = EXCLUDED.client_errors, server_errors = EXCLUDED.server_errors,
+                ta_sum_ms = EXCLUDED.ta_sum_ms, updated_at = now()""")
+    return changed
