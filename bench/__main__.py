@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["ingest"]
+BENCHMARKS = ["ingest", "sink"]
 
 
 def main() -> None:
