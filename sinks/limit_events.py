@@ -21,7 +21,9 @@ def row(e: LimitEvent) -> tuple:
             e.observed, e.limit, e.window, _EPOCH + timedelta(milliseconds=e.at), e.api_key_fp, e.region_id)
 
 
-async def write(conn: asyncpg.Connection) -> int:
+async def write(conn: asyncpg.Connection, rows: list[tuple]) -> int:
+    """Returns the events that were new."""
+    await conn.copy_records_to_table(STAGING, records=rows, columns=COLUMNS)
     return await conn.fetchval(
         f"""WITH new AS (INSERT INTO {TABLE} ({", ".join(COLUMNS)}) SELECT {", ".join(COLUMNS)} FROM {STAGING}
                          ON CONFLICT (event_id) DO NOTHING RETURNING 1)

@@ -27,7 +27,7 @@ from meterstream.settings import Settings
 from meterstream.sinks import limit_events, metrics, raw_logs, usage
 
 log = logs.get(__name__)
-# topic -> its handler module: MODEL, TABLE, STAGING, COLUMNS, row(value), write(conn)
+# topic -> its handler module: MODEL, TABLE, STAGING, COLUMNS, row(value), write(conn, rows)
 HANDLERS = {topics.HAPROXY_LOGS: raw_logs, topics.METER_USAGE: usage, topics.METER_BREACHES: limit_events}
 
 
@@ -132,9 +132,7 @@ class PostgresSink:
                     async with conn.transaction():
                         for topic, topic_rows in rows.items():
                             handler = self.handlers[topic]
-                            await conn.copy_records_to_table(handler.STAGING, records=topic_rows,
-                                                             columns=handler.COLUMNS)
-                            written[handler.TABLE] = (await handler.write(conn), len(topic_rows))
+                            written[handler.TABLE] = (await handler.write(conn, topic_rows), len(topic_rows))
                         await conn.executemany(
                             """INSERT INTO sink_offsets (consumer, topic, partition, next_offset)
                                VALUES ($1, $2, $3, $4)

@@ -42,8 +42,20 @@ def row(r: LogRecord) -> tuple:
     )
 
 
-async def write(conn: asyncpg.Connection) -> int:
-    """From the staging table (filled by the caller): returns the rows that were new."""
+async def write(conn: asyncpg.Connection, rows: list[tuple]) -> int:
+    """Writes the rows, skipping request ids already there; returns how many were new.
+
+    Repeats are rare (a tailer restart), so the rows are first copied straight into the table
+    under a savepoint: one write instead of two. If a request id is already there the savepoint
+    is rolled back and the rows go through the staging table and INSERT ... ON CONFLICT.
+    """
+    try:
+        async with conn.transaction():  # a savepoint inside the batch's transaction
+            await conn.copy_records_to_table(TABLE, records=rows, columns=COLUMNS)
+        return len(rows)
+    except asyncpg.UniqueViolationError:
+        pass
+    await conn.copy_records_to_table(STAGING, records=rows, columns=COLUMNS)
     return await conn.fetchval(
         f"WITH new AS (INSERT INTO {TABLE} SELECT * FROM {STAGING} "
         f"ON CONFLICT ON CONSTRAINT {CONFLICT} DO NOTHING RETURNING 1) SELECT count(*) FROM new")

@@ -24,8 +24,9 @@ def row(u: UsageWindow) -> tuple:
             u.server_errors, u.ta_sum_ms)
 
 
-async def write(conn: asyncpg.Connection) -> int:
-    """From the staging table (filled by the caller): returns the minute rows that changed."""
+async def write(conn: asyncpg.Connection, rows: list[tuple]) -> int:
+    """Returns the minute rows that changed."""
+    await conn.copy_records_to_table(STAGING, records=rows, columns=COLUMNS)
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in ("revision", "final", *_COUNTS))
     changed = await conn.fetchval(
         f"""WITH latest AS (
