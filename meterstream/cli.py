@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -236,14 +237,16 @@ def dev_status() -> None:
 
 
 @main.command()
+@click.option("--workdir", type=click.Path(file_okay=False), default=None,
+              help="Where the sample log and its checkpoint live (default: the dev state directory).")
 @pass_ctx
-def demo(obj: Context) -> None:
+def demo(obj: Context, workdir: str | None) -> None:
     """Run locally on embedded defaults: start the services, migrate, create the topics, load
     the sample customers and keys, tail a sample HAProxy log into Kafka, and show the result."""
     from meterstream.demo import run
 
     services = _dev("up")
-    _run(run(obj.settings, click.echo, services.root / "demo"))
+    _run(run(obj.settings, click.echo, Path(workdir) if workdir else services.root / "demo"))
 
 
 if __name__ == "__main__":  # pragma: no cover

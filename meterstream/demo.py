@@ -31,6 +31,7 @@ async def run(settings: Settings, say: Callable[[str], None], workdir: Path) -> 
             f"({loaded.customers} customers, {loaded.instances} service instances, "
             f"{loaded.api_keys} API keys, {loaded.seal_keys} seal keys; existing rows kept)")
         await _ingest(settings, say, workdir)
+        await _persist(conn, settings, say)
         await _report(conn, say)
         await _report_logs(conn, settings, say)
     finally:
@@ -80,27 +81,53 @@ async def _ingest(settings: Settings, say: Callable[[str], None], workdir: Path)
     say(f"ingest: meterstream tail --once read {after - before} new bytes of {log.stat().st_size}")
 
 
-async def _report_logs(conn, settings: Settings, say: Callable[[str], None]) -> None:  # noqa: ANN001
-    records = [orjson.loads(v) for _, v in await read_to_end(settings, settings.topic(topics.HAPROXY_LOGS))]
-    dead = [orjson.loads(v) for _, v in await read_to_end(settings, settings.topic(topics.HAPROXY_LOGS_REJECTED))]
-    owners = {r["api_key_fp"]: (r["name"], r["status"]) for r in await conn.fetch(
-        "SELECT k.api_key_fp, k.status, c.name FROM api_keys k JOIN customers c USING (customer_id)")}
-    distinct = {r["request_id"]: r for r in records}
-    by_owner: Counter[str] = Counter()
-    for r in distinct.values():
-        fp = r["api_key_fp"]
-        if fp is None:
-            by_owner["(no API key)"] += 1
-        elif fp not in owners:
-            by_owner["(unknown key)"] += 1
+async def _persist(conn, settings: Settings, say: Callable[[str], None]) -> None:  # noqa: ANN001
+    """Run the Postgres sink until it has stored everything on its topics."""
+    import asyncio
+
+    from meterstream.kafka import end_offsets
+    from meterstream.sinks.postgres_sink import PostgresSink
+
+    sink = PostgresSink(settings)
+    ends = {(t, p): end for t in sink.handlers for p, end in (await end_offsets(settings, t)).items()}
+    task = asyncio.create_task(sink.run())
+    try:
+        for _ in range(600):
+            stored = {(r["topic"], r["partition"]): r["next_offset"] for r in await conn.fetch(
+                "SELECT topic, partition, next_offset FROM sink_offsets WHERE consumer = $1", sink.consumer_name)}
+            if all(stored.get(tp, 0) >= end for tp, end in ends.items()):
+                break
+            await asyncio.sleep(0.1)
         else:
-            name, status = owners[fp]
-            by_owner[name + (" (revoked key)" if status == "revoked" else "")] += 1
+            raise TimeoutError("the sink did not catch up within 60 s")
+    finally:
+        sink.request_stop()
+        await task
+    rows = await conn.fetchval("SELECT count(*) FROM haproxy_raw_logs")
+    say(f"sink-postgres: haproxy_raw_logs holds {rows} rows (offsets stored with them)")
+
+
+async def _report_logs(conn, settings: Settings, say: Callable[[str], None]) -> None:  # noqa: ANN001
+    """Requests per customer as Postgres holds them, and the dead letters from Kafka."""
+    rows = await conn.fetch(
+        """SELECT CASE WHEN r.api_key_fp IS NULL THEN '(no API key)'
+                       WHEN c.name IS NULL THEN '(unknown key)'
+                       WHEN k.status = 'revoked' THEN c.name || ' (revoked key)'
+                       ELSE c.name END AS owner,
+                  count(*) AS requests,
+                  count(*) FILTER (WHERE r.traffic_type IN (1, 2) AND r.status_code BETWEEN 200 AND 399) AS billable
+           FROM haproxy_raw_logs r
+           LEFT JOIN api_keys k ON k.api_key_fp = r.api_key_fp
+           LEFT JOIN customers c ON c.customer_id = k.customer_id
+           GROUP BY 1 ORDER BY 2 DESC, 1""")
+    messages = len(await read_to_end(settings, settings.topic(topics.HAPROXY_LOGS)))
     say("")
-    say(f"haproxy.logs: {len(records)} messages, {len(distinct)} distinct requests")
-    for owner, count in sorted(by_owner.items(), key=lambda kv: -kv[1]):
-        say(f"  {count:>5}  {owner}")
+    say(f"haproxy_raw_logs in Postgres ({messages} messages on haproxy.logs):")
+    say(f"  {'requests':>8} {'billable':>8}  key owner")
+    for r in rows:
+        say(f"  {r['requests']:>8} {r['billable']:>8}  {r['owner']}")
+    dead = [orjson.loads(v) for _, v in await read_to_end(settings, settings.topic(topics.HAPROXY_LOGS_REJECTED))]
     reasons = Counter(d["reason"] for d in dead)
     say(f"haproxy.logs.rejected: {len(dead)} dead letters"
         + (" (" + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())) + ")" if dead else ""))
-    say("(per-customer usage, limit events and the vault come with the meter and sinks stages)")
+    say("(per-customer usage windows, limit events and the vault come with the meter worker and the vault)")

@@ -55,6 +55,19 @@ async def partitions_of(settings: Settings, topic: str) -> list[int]:
     return sorted(p["partition"] for p in described["partitions"])
 
 
+async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    """partition -> the offset after its last message."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets([TopicPartition(topic, p) for p in await partitions_of(settings, topic)])
+        return {tp.partition: offset for tp, offset in ends.items()}
+    finally:
+        await consumer.stop()
+
+
 async def read_to_end(settings: Settings, topic: str, timeout_s: float = 30.0) -> list[tuple[bytes | None, bytes]]:
     """Every (key, value) of ``topic`` from the beginning up to its end offsets at the call."""
     import asyncio

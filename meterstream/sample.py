@@ -107,22 +107,24 @@ def write_sample_log(path: Path, settings: Settings, data_file: Path | None = No
         return False
     data: dict[str, Any] = json.loads((data_file or sample_file()).read_text())
     secret = base64.b64decode(settings.keys.key_secret_b64.get_secret_value())
-    keys = [(k["key"], c["customer_id"]) for c in data["customers"] for k in c["api_keys"]]
-    keys += [("SunknownDemoKey000000000000000001", None), (None, None)]
+    # (key, whether HAProxy's vault lets it through): revoked and unknown keys get 401
+    keys = [(k["key"], k["status"] == "active") for c in data["customers"] for k in c["api_keys"]]
+    keys += [("SunknownDemoKey000000000000000001", False), (None, False)]
     weights = [30, 12, 2, 10, 20, 3, 1][: len(keys)] + [1] * max(0, len(keys) - 7)
     rng = random.Random(42)
     lines = []
     for i in range(SAMPLE_LOG_LINES):
-        key, _customer = rng.choices(keys, weights=weights[: len(keys)])[0]
+        key, allowed = rng.choices(keys, weights=weights[: len(keys)])[0]
         fp = fingerprint_to_hex(fingerprint_of_hash(key_hash(secret, key))) if key else "-"
-        status = rng.choices([200, 200, 200, 200, 304, 404, 500], k=1)[0] if key else 401
+        status = rng.choices([200, 200, 200, 200, 304, 404, 500], k=1)[0] if allowed else 401
+        event = 0 if allowed else (11 if key else 10)
         ts = SAMPLE_START_MS + i * 250
         service = ServiceType.from_key_prefix(key[0]) if key else ServiceType.SEAL
         lines.append(
             f'{{"ts":{ts // 1000}.{ts % 1000:03d},"request_id":"0A000001:{i:04X}_0A000002:1F90_'
             f'{ts // 1000:08X}_{i:04X}:0001","client_ip":"192.0.2.{i % 200}","api_key_fp":"{fp}",'
             f'"service_type":"{int(service)}","network":"1","server_id":"17","fe_type":"2",'
-            f'"traffic_type":"{1 if key else 3}","event_type":"{0 if key else 10}",'
+            f'"traffic_type":"{1 if allowed else 3}","event_type":"{event}",'
             f'"key_metadata":"{key[0] if key else "-"}","status":{status},'
             f'"bytes_sent":"{rng.randint(150, 4000)}","path":"v1\\/fetch_k","TR":0,"Tw":0,'
             f'"Tc":1,"Tr":{rng.randint(1, 40)},"Ta":{rng.randint(41, 60)},"backend_id":"3",'

@@ -92,3 +92,34 @@ def test_parse_prints_one_object_per_line_in_order(tmp_path: Path) -> None:
     piped = subprocess.run([shutil.which("meterstream", path=str(Path(sys.executable).parent)), "parse"],
                            input=JSON_LINE.encode(), capture_output=True, timeout=60)
     assert piped.returncode == 0 and orjson.loads(piped.stdout)["status"] == 200
+
+
+@pytest.mark.services
+async def test_demo_runs_the_pipeline_and_is_idempotent(tmp_path: Path, services: Services) -> None:
+    import uuid
+
+    admin = await asyncpg.connect(services.pg_admin_dsn)
+    name = f"ms_demo_{uuid.uuid4().hex[:8]}"
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        env = {"MS_POSTGRES__DSN": services.dsn(name), "MS_KAFKA__BOOTSTRAP": services.kafka_bootstrap,
+               "MS_KAFKA__TOPIC_PREFIX": f"demo{uuid.uuid4().hex[:6]}.", "MS_LOG_LEVEL": "warning"}
+        first = meterstream("demo", "--workdir", str(tmp_path / "demo"), env=env)
+        assert first.returncode == 0, first.stderr
+        assert "sink-postgres: haproxy_raw_logs holds 601 rows" in first.stdout
+        assert "haproxy.logs.rejected: 2 dead letters (1 not_json, 1 unknown_format)" in first.stdout
+        assert "Acme Analytics" in first.stdout and "(unknown key)" in first.stdout
+        second = meterstream("demo", "--workdir", str(tmp_path / "demo"), env=env)
+        assert second.returncode == 0, second.stderr
+        assert "read 0 new bytes" in second.stdout and "holds 601 rows" in second.stdout
+        conn = await asyncpg.connect(services.dsn(name))
+        try:
+            assert await conn.fetchval("SELECT count(*) FROM customers") == 3
+            refused = await conn.fetchval("SELECT count(*) FROM haproxy_raw_logs r JOIN api_keys k USING "
+                                           "(api_key_fp) WHERE k.status = 'revoked' AND r.status_code = 401")
+            assert refused > 0  # the revoked key's requests are refused, as HAProxy would
+        finally:
+            await conn.close()
+    finally:
+        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        await admin.close()
