@@ -18,6 +18,9 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level: {level}")
     logging.basicConfig(level=numeric, stream=sys.stderr, format="%(message)s")
+    # the libraries' INFO lines (group joins, subscriptions) are noise unless debugging
+    for library in ("aiokafka", "asyncio", "faust", "mode"):
+        logging.getLogger(library).setLevel(max(numeric, logging.WARNING))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

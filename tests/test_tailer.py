@@ -156,7 +156,11 @@ async def test_kill_9_repeats_lines_but_loses_none(ms_topics: Settings, tmp_path
         f.writelines(json_line(i) + "\n" for i in range(total))
     size = log.stat().st_size
     store = CheckpointStore(tmp_path / "checkpoint")
-    proc = tail(ms_topics, tmp_path, log, MS_TAIL__ROUND_LINES="5000").start()
+    # paced (small rounds, each lingering 50 ms, checkpoints every 0.2 s) so that a kill
+    # certainly lands mid-file: unpaced, the rest of the file can pass within one
+    # checkpoint interval
+    proc = tail(ms_topics, tmp_path, log, MS_TAIL__ROUND_LINES="2000", MS_PRODUCE__LINGER_MS="50",
+                MS_TAIL__CHECKPOINT_INTERVAL_S="0.2").start()
     progress = []
     for kill in range(2):
         # kill -9 once the checkpoint shows progress, before the end of the file
