@@ -11,12 +11,12 @@ wall clock, are refused with a reason (the caller sends them to the dead letters
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, make_dataclass
 from enum import StrEnum
 
 from meterstream.meter.clock import HOUR_MS, MINUTE_MS, SECOND_MS, floor_to
 from meterstream.schemas.enums import Network, ServiceType, TrafficType
-from meterstream.schemas.usage import UsageWindow
+from meterstream.schemas.usage import COUNTS, UsageWindow
 
 
 class Refused(StrEnum):
@@ -24,25 +24,19 @@ class Refused(StrEnum):
     FROM_THE_FUTURE = "from_the_future"
 
 
-@dataclass(slots=True)
-class Totals:
-    requests: int = 0
-    billable: int = 0
-    bytes_sent: int = 0
-    denied: int = 0
-    client_errors: int = 0
-    server_errors: int = 0
-    ta_sum_ms: int = 0
+# one counter per field of schemas.usage.COUNTS
+Totals = make_dataclass("Totals", [(name, int, 0) for name in COUNTS], slots=True)
 
-    def add(self, traffic_type: int, status: int, bytes_sent: int, ta_ms: int) -> None:
-        traffic = TrafficType(traffic_type)
-        self.requests += 1
-        self.billable += traffic.is_chargeable and 200 <= status <= 399
-        self.bytes_sent += bytes_sent
-        self.denied += traffic.is_denied
-        self.client_errors += 400 <= status <= 499
-        self.server_errors += 500 <= status <= 599
-        self.ta_sum_ms += max(ta_ms, 0)
+
+def count_request(t: Totals, traffic_type: int, status: int, bytes_sent: int, ta_ms: int) -> None:
+    traffic = TrafficType(traffic_type)
+    t.requests += 1
+    t.billable += traffic.is_chargeable and 200 <= status <= 399
+    t.bytes_sent += bytes_sent
+    t.denied += traffic.is_denied
+    t.client_errors += 400 <= status <= 499
+    t.server_errors += 500 <= status <= 599
+    t.ta_sum_ms += max(ta_ms, 0)
 
 
 WindowKey = tuple[int, ServiceType, Network, int]  # customer, service, network, minute start
@@ -78,7 +72,7 @@ class UsageWindows:
         window = self.windows.get(key)
         if window is None:
             window = self.windows[key] = Window()
-        window.totals.add(traffic_type, status, bytes_sent, ta_ms)
+        count_request(window.totals, traffic_type, status, bytes_sent, ta_ms)
         window.revision += 1
         if self.watermark is None or ts_ms > self.watermark:
             self.watermark = ts_ms
@@ -113,9 +107,6 @@ class UsageWindows:
     @staticmethod
     def _message(key: WindowKey, window: Window, final: bool) -> UsageWindow:
         customer, service, network, start = key
-        t = window.totals
         return UsageWindow(customer_id=customer, service_type=service, network=network,
                            window_start=start, revision=window.revision, final=final,
-                           requests=t.requests, billable=t.billable, bytes_sent=t.bytes_sent,
-                           denied=t.denied, client_errors=t.client_errors,
-                           server_errors=t.server_errors, ta_sum_ms=t.ta_sum_ms)
+                           **{name: getattr(window.totals, name) for name in COUNTS})

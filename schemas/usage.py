@@ -9,6 +9,8 @@ from meterstream.schemas.types import Count, CustomerRef, EpochMs
 from meterstream.schemas.wire import WireModel
 
 WINDOW_MS = 60_000
+# the counters of a window, in this order wherever they are listed (usage_minutes, the meter)
+COUNTS = ("requests", "billable", "bytes_sent", "denied", "client_errors", "server_errors", "ta_sum_ms")
 
 
 class UsageWindow(WireModel):

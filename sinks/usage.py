@@ -7,27 +7,24 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
-from meterstream.schemas.usage import UsageWindow
+from meterstream.schemas.usage import COUNTS, UsageWindow
 
 TABLE = "usage_minutes"
 STAGING = "usage_minutes_staging"
-COLUMNS = ("customer_id", "service_type", "network", "window_start", "revision", "final", "requests",
-           "billable", "bytes_sent", "denied", "client_errors", "server_errors", "ta_sum_ms")
+COLUMNS = ("customer_id", "service_type", "network", "window_start", "revision", "final", *COUNTS)
 MODEL = UsageWindow
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_COUNTS = ("requests", "billable", "bytes_sent", "denied", "client_errors", "server_errors", "ta_sum_ms")
 
 
 def row(u: UsageWindow) -> tuple:
     return (u.customer_id, int(u.service_type), int(u.network), _EPOCH + timedelta(milliseconds=u.window_start),
-            u.revision, u.final, u.requests, u.billable, u.bytes_sent, u.denied, u.client_errors,
-            u.server_errors, u.ta_sum_ms)
+            u.revision, u.final, *(getattr(u, name) for name in COUNTS))
 
 
 async def write(conn: asyncpg.Connection, rows: list[tuple]) -> int:
     """Returns the minute rows that changed."""
     await conn.copy_records_to_table(STAGING, records=rows, columns=COLUMNS)
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in ("revision", "final", *_COUNTS))
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in ("revision", "final", *COUNTS))
     changed = await conn.fetchval(
         f"""WITH latest AS (
                 SELECT DISTINCT ON (customer_id, service_type, network, window_start) *
@@ -40,7 +37,7 @@ async def write(conn: asyncpg.Connection, rows: list[tuple]) -> int:
                    OR ({TABLE}.revision = EXCLUDED.revision AND EXCLUDED.final AND NOT {TABLE}.final)
                 RETURNING 1)
             SELECT count(*) FROM up""")
-    sums = ", ".join(f"sum({c})" for c in _COUNTS)
+    sums = ", ".join(f"sum({c})" for c in COUNTS)
     await conn.execute(
         f"""WITH hours AS (SELECT DISTINCT customer_id, service_type, date_trunc('hour', window_start) AS h
                            FROM {STAGING})

@@ -229,3 +229,14 @@ def _port_open(port: int) -> bool:
             return True
     except OSError:
         return False
+
+
+def own_services_or_skip(what: str):  # noqa: ANN201
+    """The project's own dev services, for a test that stops or restarts one of them."""
+    import pytest
+
+    if os.environ.get("MS_TEST_EXTERNAL"):
+        pytest.skip(f"{what}: only with the project's own services")
+    from meterstream.devservices import DevServices
+
+    return DevServices.default()

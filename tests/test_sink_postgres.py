@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,7 +15,7 @@ from meterstream.schemas.topics import key_of
 from meterstream.schemas.wire import encode
 from meterstream.settings import Settings
 from tests.examples import LOG
-from tests.helpers import Process
+from tests.helpers import Process, own_services_or_skip
 
 pytestmark = pytest.mark.services
 
@@ -86,13 +85,8 @@ async def test_rows_duplicates_and_bad_messages(
 async def test_exactly_once_through_kill_9_and_a_postgres_restart(
     ms_topics: Settings, pg_dsn: str, tmp_path: Path
 ) -> None:
-    if os.environ.get("MS_TEST_EXTERNAL"):
-        pytest.skip("restarts Postgres: only with the project's own services")
-    from meterstream.devservices import DevServices
-
+    cluster = own_services_or_skip("restarts Postgres").postgres
     pg = await asyncpg.connect(pg_dsn)  # its own: the restart below breaks every connection
-
-    cluster = DevServices.default().postgres
     rng = random.Random(5)
     truth: set[int] = set()
     sent = 0

@@ -15,7 +15,7 @@ import pytest
 from meterstream.ingest.checkpoint import CheckpointStore
 from meterstream.settings import Settings
 from tests.conftest import Services
-from tests.helpers import Process, consume, json_line, wait_for
+from tests.helpers import Process, consume, json_line, own_services_or_skip, wait_for
 
 pytestmark = pytest.mark.services
 
@@ -188,11 +188,7 @@ async def test_kill_9_repeats_lines_but_loses_none(ms_topics: Settings, tmp_path
 async def test_broker_away_for_30_seconds_loses_nothing(
     ms_topics: Settings, tmp_path: Path, services: Services
 ) -> None:
-    if os.environ.get("MS_TEST_EXTERNAL"):
-        pytest.skip("stops the broker: only with the project's own services")
-    from meterstream.devservices import DevServices
-
-    broker = DevServices.default().kafka
+    broker = own_services_or_skip("stops the broker").kafka
     log = tmp_path / "app.log"
     log.write_text("".join(json_line(i) + "\n" for i in range(1000)))
     proc = tail(ms_topics, tmp_path, log, MS_PRODUCE__SEND_TIMEOUT_S="5",

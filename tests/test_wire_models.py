@@ -164,3 +164,11 @@ def test_encoded_values_hold_no_spare_buffer() -> None:
     finally:
         tracemalloc.stop()
     assert held / len(values) < 2 * len(values[0]) + 200
+
+
+def test_usage_counts_are_the_models_counters() -> None:
+    from meterstream.schemas.usage import COUNTS
+
+    counters = [n for n, f in UsageWindow.model_fields.items() if n not in
+                ("v", "customer_id", "service_type", "network", "window_start", "revision", "final")]
+    assert list(COUNTS) == counters
