@@ -21,6 +21,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from meterstream import logs
 from meterstream.ingest import metrics
+from meterstream.service import FailureClock
 from meterstream.settings import Settings
 
 log = logs.get(__name__)
@@ -47,7 +48,7 @@ class RoundProducer:
         self._partition_of: dict[tuple[str, bytes], int] = {}
         self.stopping = asyncio.Event()
         self.last_ack: float | None = None
-        self.failing_since: float | None = None
+        self.failure = FailureClock()
 
     # -- lifecycle -------------------------------------------------------------------------
     async def _connect(self) -> AIOKafkaProducer:
@@ -134,7 +135,7 @@ class RoundProducer:
                     send.result()
                     metrics.PRODUCE_LATENCY.observe(time.monotonic() - started)
                     self.last_ack = time.monotonic()
-                    self.failing_since = None
+                    self.failure.recovered()
                     return
                 if stop in done:
                     raise Stopped()
@@ -146,7 +147,7 @@ class RoundProducer:
                 send.cancel()
                 attempt += 1
                 metrics.PRODUCE_FAILURES.inc()
-                self.failing_since = self.failing_since or time.monotonic()
+                self.failure.failed()
                 log.warning("kafka round failed; resending on a new producer", attempt=attempt,
                             error=f"{type(exc).__name__}: {str(exc)[:200]}", messages=len(messages))
                 if self._producer is not None:

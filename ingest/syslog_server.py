@@ -53,9 +53,8 @@ class SyslogReceiver:
         self._transports: list[asyncio.BaseTransport] = []
 
     def health(self) -> tuple[bool, dict[str, object]]:
-        failing = self.producer.failing_since
-        healthy = failing is None or time.monotonic() - failing < 60
-        return healthy, {"queued": self.queue.qsize(), "udp_port": self.udp_port, "tcp_port": self.tcp_port}
+        failure = self.producer.failure
+        return failure.healthy(), {"kafka_failing_s": round(failure.seconds(), 1), "queued": self.queue.qsize(), "udp_port": self.udp_port, "tcp_port": self.tcp_port}
 
     def _stream(self, transport: str, peer: tuple[str, int]) -> str:
         return f"syslog:{self.host}:{transport}:{peer[0]}:{peer[1]}:{int(time.time() * 1000)}"

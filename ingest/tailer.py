@@ -59,10 +59,8 @@ class Tailer:
         self._unsaved_since: float | None = None  # first advance not yet written
 
     def health(self) -> tuple[bool, dict[str, object]]:
-        failing = self.producer.failing_since
-        healthy = failing is None or time.monotonic() - failing < 60
-        return healthy, {"files": len(self.files.files), "kafka_failing_s":
-                         None if failing is None else round(time.monotonic() - failing, 1)}
+        failure = self.producer.failure
+        return failure.healthy(), {"files": len(self.files.files), "kafka_failing_s": round(failure.seconds(), 1)}
 
     # -- one round ---------------------------------------------------------------------------
     async def _read_round(self) -> Round:

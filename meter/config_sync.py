@@ -28,6 +28,7 @@ from meterstream.schemas.config import ApiKeyState, CustomerState, InstanceState
 from meterstream.schemas.money import cents_to_micros
 from meterstream.schemas.topics import key_of
 from meterstream.schemas.wire import encode
+from meterstream.service import FailureClock
 from meterstream.settings import Settings
 
 log = logs.get(__name__)
@@ -111,11 +112,10 @@ class ConfigSync:
         self.conn: asyncpg.Connection | None = None
         self.producer: AIOKafkaProducer | None = None
         self.last_reconcile: float | None = None
-        self.failing_since: float | None = None
+        self.failure = FailureClock()
 
     def health(self) -> tuple[bool, dict[str, object]]:
-        failing = self.failing_since
-        return failing is None or time.monotonic() - failing < 60, {
+        return self.failure.healthy(), {"failing_s": round(self.failure.seconds(), 1),
             "published": len(self.published),
             "last_reconcile_s": None if self.last_reconcile is None else round(time.monotonic() - self.last_reconcile, 1)}
 
@@ -195,9 +195,9 @@ class ConfigSync:
                 await self._apply(change)
                 while not self.changes.empty():
                     await self._apply(self.changes.get_nowait())
-                self.failing_since = None
+                self.failure.recovered()
             except (*pg.TRANSIENT, KafkaError) as exc:
-                self.failing_since = self.failing_since or time.monotonic()
+                self.failure.failed()
                 log.warning("config sync failing, retrying", error=f"{type(exc).__name__}: {exc}"[:200])
                 await self._reset()
                 await asyncio.sleep(1)

@@ -75,9 +75,13 @@ async def _ingest(settings: Settings, say: Callable[[str], None], workdir: Path)
     tail_settings = settings.model_copy(update={"tail": settings.tail.model_copy(
         update={"paths": [str(log)], "checkpoint_path": str(workdir / "tail.checkpoint")})})
     tailer = Tailer(tail_settings, once=True)
-    before = tailer.checkpoint.offset(next(iter(tailer.checkpoint.streams), "")) or 0
+
+    def done() -> int:
+        return max((e.offset for e in tailer.checkpoint.streams.values()), default=0)
+
+    before = done()
     await tailer.run()
-    after = max((e.offset for e in tailer.checkpoint.streams.values()), default=0)
+    after = done()
     say(f"ingest: meterstream tail --once read {after - before} new bytes of {log.stat().st_size}")
 
 

@@ -4,12 +4,34 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Awaitable, Callable
 
 from meterstream import http, logs
 from meterstream.settings import Settings
 
 log = logs.get(__name__)
+UNHEALTHY_AFTER_S = 60.0
+
+
+class FailureClock:
+    """Since when a component's dependency (Kafka, Postgres) has been failing; /healthz turns
+    503 once that lasts UNHEALTHY_AFTER_S."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def failed(self) -> None:
+        self.since = self.since or time.monotonic()
+
+    def recovered(self) -> None:
+        self.since = None
+
+    def seconds(self) -> float:
+        return 0.0 if self.since is None else time.monotonic() - self.since
+
+    def healthy(self) -> bool:
+        return self.seconds() < UNHEALTHY_AFTER_S
 
 
 async def serve(component: str, settings: Settings, run: Callable[[], Awaitable[None]],

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from meterstream import logs, pg
 from meterstream.schemas import topics
 from meterstream.schemas.wire import WireError, decode
+from meterstream.service import FailureClock
 from meterstream.settings import Settings
 from meterstream.sinks import limit_events, metrics, raw_logs, usage
 
@@ -55,11 +56,10 @@ class PostgresSink:
         self.conn: asyncpg.Connection | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.stop_requested = asyncio.Event()
-        self.failing_since: float | None = None
+        self.failure = FailureClock()
 
     def health(self) -> tuple[bool, dict[str, object]]:
-        failing = self.failing_since
-        return failing is None or time.monotonic() - failing < 60, {"pending": len(self.pending)}
+        return self.failure.healthy(), {"failing_s": round(self.failure.seconds(), 1), "pending": len(self.pending)}
 
     # -- Postgres ----------------------------------------------------------------------------
     async def _connection(self) -> asyncpg.Connection:
@@ -76,12 +76,12 @@ class PostgresSink:
 
     async def _backoff(self, exc: BaseException) -> None:
         metrics.FAILURES.inc()
-        self.failing_since = self.failing_since or time.monotonic()
+        self.failure.failed()
         log.warning("postgres unavailable, retrying", error=f"{type(exc).__name__}: {exc}"[:200])
         if self.conn is not None:
             self.conn.terminate()
             self.conn = None
-        await asyncio.sleep(min(5.0, 0.5 + (time.monotonic() - self.failing_since) / 4))
+        await asyncio.sleep(min(5.0, 0.5 + self.failure.seconds() / 4))
 
     async def seek_to_stored(self, assigned: list[TopicPartition]) -> None:
         if not assigned:
@@ -147,7 +147,7 @@ class PostgresSink:
             for table, (new, taken) in written.items():
                 metrics.ROWS.labels(table).inc(new)
                 metrics.DUPLICATES.labels(table).inc(taken - new)
-            self.failing_since = None
+            self.failure.recovered()
             self.pending = []
 
     # -- Kafka -------------------------------------------------------------------------------
