@@ -47,7 +47,6 @@ class RoundProducer:
         self._partitions: dict[str, list[int]] = {}
         self._partition_of: dict[tuple[str, bytes], int] = {}
         self.stopping = asyncio.Event()
-        self.last_ack: float | None = None
         self.failure = FailureClock()
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -134,7 +133,6 @@ class RoundProducer:
                 if send in done:
                     send.result()
                     metrics.PRODUCE_LATENCY.observe(time.monotonic() - started)
-                    self.last_ack = time.monotonic()
                     self.failure.recovered()
                     return
                 if stop in done:

@@ -28,6 +28,7 @@ from meterstream.settings import Settings
 from meterstream.sinks import limit_events, metrics, raw_logs, usage
 
 log = logs.get(__name__)
+LAG_INTERVAL_S = 1.0
 # topic -> its handler module: MODEL, TABLE, STAGING, COLUMNS, row(value), write(conn, rows)
 HANDLERS = {topics.HAPROXY_LOGS: raw_logs, topics.METER_USAGE: usage, topics.METER_BREACHES: limit_events}
 
@@ -180,7 +181,7 @@ class PostgresSink:
         self.consumer.subscribe(list(self.handlers), listener=_Seeker(self))
         await self.consumer.start()
         try:
-            last_flush = time.monotonic()
+            last_flush = last_lag = time.monotonic()
             while not self.stop_requested.is_set():
                 batch = await self.consumer.getmany(timeout_ms=100, max_records=s.sink.batch_rows - len(self.pending))
                 for tp, messages in batch.items():
@@ -190,7 +191,9 @@ class PostgresSink:
                 if len(self.pending) >= s.sink.batch_rows or (self.pending and due):
                     await self.flush()
                     last_flush = time.monotonic()
+                if time.monotonic() - last_lag >= LAG_INTERVAL_S:  # a broker round trip: not per batch
                     await self._update_lag()
+                    last_lag = time.monotonic()
             await self.flush()
         finally:
             await asyncio.wait_for(self.consumer.stop(), s.produce.stop_timeout_s)

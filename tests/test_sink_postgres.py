@@ -15,7 +15,7 @@ from meterstream.schemas.topics import key_of
 from meterstream.schemas.wire import encode
 from meterstream.settings import Settings
 from tests.examples import LOG
-from tests.helpers import Process, own_services_or_skip
+from tests.helpers import Process, own_services_or_skip, wait_for
 
 pytestmark = pytest.mark.services
 
@@ -77,6 +77,10 @@ async def test_rows_duplicates_and_bad_messages(
             r.src.stream, 700, "----")
         assert proc.metric("meterstream_sink_duplicates_total", 'table="haproxy_raw_logs"') == 200
         assert proc.metric("meterstream_sink_undecodable_total", f'topic="{ms_topics.topic("haproxy.logs")}"') == 2
+        topic = ms_topics.topic("haproxy.logs")
+        for partition in ("0", "1"):  # caught up: no lag (refreshed once a second)
+            wait_for(lambda p=partition: proc.metric("meterstream_sink_lag_messages",
+                                                     f'partition="{p}",topic="{topic}"') == 0, 5, "lag 0")
     finally:
         assert proc.terminate() == 0
 
