@@ -192,9 +192,13 @@ class ConfigSync:
                     change = await asyncio.wait_for(self.changes.get(), 0.5)
                 except TimeoutError:
                     continue
-                await self._apply(change)
+                # a burst (a bulk update) names the same rows many times: read each once
+                distinct = {orjson.dumps(change, option=orjson.OPT_SORT_KEYS): change}
                 while not self.changes.empty():
-                    await self._apply(self.changes.get_nowait())
+                    more = self.changes.get_nowait()
+                    distinct[orjson.dumps(more, option=orjson.OPT_SORT_KEYS)] = more
+                for one in distinct.values():
+                    await self._apply(one)
                 self.failure.recovered()
             except (*pg.TRANSIENT, KafkaError) as exc:
                 self.failure.failed()
