@@ -181,7 +181,7 @@ class PostgresSink:
         self.consumer.subscribe(list(self.handlers), listener=_Seeker(self))
         await self.consumer.start()
         try:
-            last_flush = last_lag = time.monotonic()
+            last_flush, last_lag = time.monotonic(), 0.0  # the lag gauge from the first loop on
             while not self.stop_requested.is_set():
                 batch = await self.consumer.getmany(timeout_ms=100, max_records=s.sink.batch_rows - len(self.pending))
                 for tp, messages in batch.items():

@@ -76,12 +76,15 @@ class Process:
                     raise
                 time.sleep(0.1)
 
-    def metric(self, name: str, labels: str = "") -> float:
+    def metric(self, name: str, labels: str = "", default: float | None = None) -> float:
+        """A sample of /metrics; KeyError when absent, unless a default is given."""
         _, body = self.get("/metrics")
         prefix = f"{name}{{{labels}}} " if labels else f"{name} "
         for line in body.decode().splitlines():
             if line.startswith(prefix):
                 return float(line.split()[-1])
+        if default is not None:
+            return default
         raise KeyError(prefix)
 
     def terminate(self, timeout: float = 60) -> int:

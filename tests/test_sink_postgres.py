@@ -80,7 +80,8 @@ async def test_rows_duplicates_and_bad_messages(
         topic = ms_topics.topic("haproxy.logs")
         for partition in ("0", "1"):  # caught up: no lag (refreshed once a second)
             wait_for(lambda p=partition: proc.metric("meterstream_sink_lag_messages",
-                                                     f'partition="{p}",topic="{topic}"') == 0, 5, "lag 0")
+                                                     f'partition="{p}",topic="{topic}"', default=-1) == 0,
+                     5, "lag 0")
     finally:
         assert proc.terminate() == 0
 
