@@ -245,6 +245,8 @@ def demo(obj: Context, workdir: str | None) -> None:
     the sample customers and keys, tail a sample HAProxy log into Kafka, and show the result."""
     from meterstream.demo import run
 
+    if obj.settings.log_level not in ("debug", "warning", "error"):
+        logs.configure("warning", obj.settings.log_format)  # the report is the output here
     services = _dev("up")
     _run(run(obj.settings, click.echo, Path(workdir) if workdir else services.root / "demo"))
 

@@ -38,6 +38,7 @@ async def ensure_topics(settings: Settings, partitions: int = 4) -> list[str]:
                 await client.create_topics(wanted)
             except TopicAlreadyExistsError:
                 pass  # created concurrently by another process
+            await _until_led(client, [t.name for t in wanted], settings.kafka.request_timeout_s)
         return [t.name for t in wanted]
     finally:
         await client.close()
@@ -53,6 +54,22 @@ async def partitions_of(settings: Settings, topic: str) -> list[int]:
     if described["error_code"] != 0 or not described["partitions"]:
         raise ValueError(f"no topic {topic} (error code {described['error_code']})")
     return sorted(p["partition"] for p in described["partitions"])
+
+
+async def _until_led(client: AIOKafkaAdminClient, names: list[str], timeout_s: float) -> None:
+    """Return once every partition of the new topics has a leader: producing right after
+    creation otherwise meets NotLeaderForPartition while the controller elects them."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        described = await client.describe_topics(names)
+        if all(t["error_code"] == 0 and t["partitions"] and all(p["leader"] >= 0 for p in t["partitions"])
+               for t in described):
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"topics without leaders after {timeout_s}s: {names}")
 
 
 async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:

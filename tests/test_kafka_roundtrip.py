@@ -61,6 +61,13 @@ async def test_ensure_topics_creates_spec_topics_with_compaction(
                                    "topic_prefix": f"t{uuid.uuid4().hex[:8]}."})
     created = await ensure_topics(settings, partitions=2)
     assert sorted(created) == sorted(settings.topic(n) for n in TOPICS)
+    leaders = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+    await leaders.start()
+    try:  # usable at once: every partition already has a leader when ensure_topics returns
+        described = await leaders.describe_topics(created)
+        assert all(p["leader"] >= 0 for t in described for p in t["partitions"])
+    finally:
+        await leaders.close()
     assert await ensure_topics(settings, partitions=2) == []
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
     await admin.start()
