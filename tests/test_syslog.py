@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 from pathlib import Path
 
+import orjson
 import pytest
 
 from meterstream.settings import Settings
@@ -21,7 +22,8 @@ def receiver(settings: Settings, tmp_path: Path) -> tuple[Process, int, int]:
                     "MS_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
                     "MS_TAIL__MAX_LINE_BYTES": "4096"},
                    tmp_path / "syslog.log").start()
-    proc.get("/healthz")
+    # /healthz answers before the listeners are bound; it names their ports once they are
+    wait_for(lambda: orjson.loads(proc.get("/healthz")[1])["tcp_port"] is not None, 30, "listening")
     return proc, udp, tcp
 
 

@@ -101,14 +101,14 @@ async def test_rotation_by_rename_and_copytruncate_loses_and_doubles_nothing(
     ms_topics: Settings, tmp_path: Path
 ) -> None:
     log = tmp_path / "app.log"
-    log.touch()
+    log.write_text(json_line(0) + "\n")  # the writer starts once the tailer follows the file
     total, rotations = 24_000, ["rename", "copytruncate"] * 3
     lock = threading.Lock()
 
     def writer() -> None:
         out = open(log, "ab")  # noqa: SIM115 - reopened at each rename rotation
         per_phase = total // (len(rotations) + 1)
-        i = 0
+        i = 1
         for phase, how in enumerate([*rotations, None]):
             while i < per_phase * (phase + 1) or (how is None and i < total):
                 with lock:
@@ -137,6 +137,8 @@ async def test_rotation_by_rename_and_copytruncate_loses_and_doubles_nothing(
     proc = tail(ms_topics, tmp_path, log).start()
     thread = threading.Thread(target=writer)
     try:
+        # a file renamed away before the tailer first saw it is not followed by its name
+        wait_for(lambda: proc.metric("meterstream_ingest_records_produced_total") == 1, 30, "following")
         thread.start()
         thread.join(120)
         messages = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=total)
