@@ -84,12 +84,15 @@ class FileSet:
         return f"{self.host}:{dev}:{ino}:{head}"
 
     # -- discovery and rotation --------------------------------------------------------------
+    def _excluded(self, name: str) -> bool:
+        return any(fnmatch.fnmatch(name, pattern) for pattern in self.exclude)
+
     def _matching_paths(self) -> list[str]:
         paths: set[str] = set()
         for pattern in self.patterns:
             for path in glob.glob(pattern) if glob.has_magic(pattern) else [pattern]:
                 name = os.path.basename(path)
-                if not any(fnmatch.fnmatch(name, ex) for ex in self.exclude) and os.path.isfile(path):
+                if not self._excluded(name) and os.path.isfile(path):
                     paths.add(os.path.abspath(path))
         return sorted(paths)
 
@@ -142,10 +145,10 @@ class FileSet:
         return followed
 
     def _replaced_content(self, followed: FollowedFile) -> bool:
+        """Truncated (shorter than what was read) or rewritten (another first line)."""
         if followed.size() < followed.offset:
             return True
-        return head_hash(followed.fd) not in (followed.head, None) or (
-            followed.offset > 0 and followed.size() == 0)
+        return head_hash(followed.fd) not in (followed.head, None)
 
     def _truncated(self, followed: FollowedFile) -> list[FollowedFile]:
         """copytruncate: find the copy to finish the old content from; restart the file."""
@@ -155,7 +158,7 @@ class FileSet:
             candidate = os.path.join(directory, name)
             if candidate == followed.path or not name.startswith(base):
                 continue
-            if any(fnmatch.fnmatch(name, ex) for ex in self.exclude):
+            if self._excluded(name):
                 continue
             try:
                 fd = os.open(candidate, os.O_RDONLY)
