@@ -157,8 +157,7 @@ class ConfigSync:
         started = time.monotonic()
         desired = await desired_state(self.conn)
         stale = [(slot, None) for slot, value in self.published.items() if value is not None and slot not in desired]
-        changed = [(slot, value) for slot, value in desired.items() if self.published.get(slot, None) != value
-                   and not (value is None and slot not in self.published)]
+        changed = [(slot, value) for slot, value in desired.items() if self._differs(slot, value)]
         await self._publish(changed + stale)
         metrics.SYNC_RECONCILE_SECONDS.observe(time.monotonic() - started)
         self.last_reconcile = time.monotonic()
@@ -167,8 +166,15 @@ class ConfigSync:
     async def _apply(self, change: dict[str, Any]) -> None:
         assert self.conn is not None
         slot, value = await state_of(self.conn, change)
-        if self.published.get(slot) != value and not (value is None and slot not in self.published):
+        if self._differs(slot, value):
             await self._publish([(slot, value)])
+
+    def _differs(self, slot: Slot, value: bytes | None) -> bool:
+        """Whether ``value`` must be published: it is not what the topic holds (a tombstone
+        for a key the topic never had is not needed)."""
+        if value is None:
+            return self.published.get(slot) is not None
+        return self.published.get(slot) != value
 
     # -- the loop ----------------------------------------------------------------------------
     async def run(self) -> None:
