@@ -1,8 +1,8 @@
-"""Prometheus metrics of the meter processes."""
+"""Prometheus metrics of the meter processes (config sync and worker)."""
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 SYNC_PUBLISHED = Counter("meterstream_sync_published_total",
                          "Config states published to the compacted topics", ["topic"])
@@ -12,3 +12,26 @@ SYNC_NOTIFICATIONS = Counter("meterstream_sync_notifications_total", "Change not
 SYNC_HEALED = Counter("meterstream_sync_reconcile_healed_total",
                       "Differences a reconciliation pass found (missed notifications)")
 SYNC_RECONCILE_SECONDS = Histogram("meterstream_sync_reconcile_seconds", "Duration of a full reconciliation")
+
+# -- worker ---------------------------------------------------------------------------------
+RECORDS = Counter("meterstream_worker_records_total",
+                  "Records taken by a worker stage, by outcome (applied, repeat, rejected)", ["stage", "outcome"])
+UNAUTHENTICATED = Counter("meterstream_worker_unauthenticated_total",
+                          "Records counted under customer 0, by reason", ["reason"])
+LIMIT_EVENTS = Counter("meterstream_worker_limit_events_total", "Limit events published, by kind", ["kind"])
+EVENTS_SUPPRESSED = Counter("meterstream_worker_limit_events_suppressed_total",
+                            "Limit events not published again because meter.breaches already holds their id")
+USAGE_PUBLISHED = Counter("meterstream_worker_usage_windows_published_total", "UsageWindow messages published")
+REJECTED = Counter("meterstream_worker_rejected_total", "Records sent to the dead letters, by reason", ["reason"])
+LAG = Gauge("meterstream_worker_consumer_lag", "Records between a partition's end and the worker's position",
+            ["topic", "partition"])
+TABLE_KEYS = Gauge("meterstream_worker_table_keys", "Keys held in a worker table", ["table"])
+BATCH_SECONDS = Histogram("meterstream_worker_batch_seconds", "Processing time of one batch, publishing included",
+                          ["stage"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+LATENCY = Histogram("meterstream_worker_latency_seconds",
+                    "From a request's time (HAProxy) to its usage being applied by the meter",
+                    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300))
+
+for _stage in ("resolve", "meter"):
+    for _outcome in ("applied", "repeat", "rejected"):
+        RECORDS.labels(_stage, _outcome)

@@ -109,6 +109,26 @@ class SinkSettings(Section):
     flush_interval_s: float = Field(default=0.2, gt=0)
 
 
+class WorkerSettings(Section):
+    """`meterstream worker` (faust): resolve, then meter (docs/metering.md)."""
+
+    app_id: str = Field(default="meterstream-worker",
+                        description="faust app id: consumer group and changelog topic names (after the topic prefix)")
+    batch_records: int = Field(default=5_000, ge=1, description="records taken per batch")
+    resolve_within_s: float = Field(default=0.2, gt=0, description="longest wait to fill a resolve batch")
+    meter_within_s: float = Field(default=1.0, gt=0,
+                                  description="longest wait to fill a meter batch; an idle stream publishes its "
+                                              "changed windows this often")
+    retention_h: float = Field(default=48.0, gt=0, description="late events count in windows this recent")
+    future_s: float = Field(default=300.0, gt=0, description="events further ahead are refused")
+    invalid_key_hits: int = Field(default=10, ge=1,
+                                  description="hits in an hour after which an unknown fingerprint is reported")
+    recent_events_s: float = Field(default=3600.0, ge=0,
+                                   description="meter.breaches read back at start, to not publish an event twice")
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    datadir: str = Field(default="", description="faust's data directory; default: a temporary one")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MS_",
@@ -126,6 +146,7 @@ class Settings(BaseSettings):
     syslog: SyslogSettings = SyslogSettings()
     sync: SyncSettings = SyncSettings()
     sink: SinkSettings = SinkSettings()
+    worker: WorkerSettings = WorkerSettings()
     log_level: str = "info"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
 

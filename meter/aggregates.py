@@ -1,0 +1,132 @@
+"""The state the worker keeps in its faust tables, one value per aggregate, and its codec.
+
+Every value carries the high-water marks of the records it has applied (meter.highwater)
+and the meter.resolved partition it belongs to; the whole value is written to the table's
+changelog at once, so its totals and its marks cannot disagree after a crash.
+
+Values are compact JSON (orjson) lists; keys are bytes (see ``*_key``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from meterstream.meter.highwater import HighWater
+from meterstream.meter.rate import RateTracker
+from meterstream.meter.resolve import InvalidKeyTracker
+from meterstream.meter.spend import SpendTracker
+from meterstream.meter.usage import Totals
+from meterstream.schemas.enums import LimitKind
+from meterstream.schemas.usage import COUNTS
+
+
+def window_key(customer: int, service: int, network: int, minute: int) -> bytes:
+    return b"%d:%d:%d:%d" % (customer, service, network, minute)
+
+
+def rate_key(customer: int, service: int, region: int) -> bytes:
+    return b"%d:%d:%d" % (customer, service, region)
+
+
+def spend_key(customer: int) -> bytes:
+    return b"%d" % customer
+
+
+def clock_key(partition: int) -> bytes:
+    return b"p%d" % partition
+
+
+@dataclass(slots=True)
+class WindowState:
+    """One usage window (customer, service, network, minute)."""
+
+    partition: int
+    totals: Totals = field(default_factory=Totals)
+    revision: int = 0
+    emitted_revision: int = 0  # the revision last published on meter.usage
+    final_revision: int = 0  # the revision last published with final=true
+    seen: HighWater = field(default_factory=HighWater)
+
+    def dump(self) -> list[Any]:
+        return [self.partition, [getattr(self.totals, n) for n in COUNTS], self.revision,
+                self.emitted_revision, self.final_revision, self.seen.marks]
+
+    @classmethod
+    def load(cls, data: list[Any]) -> WindowState:
+        p, counts, revision, emitted, final, marks = data
+        return cls(p, Totals(*counts), revision, emitted, final, HighWater(marks))
+
+
+@dataclass(slots=True)
+class RateState:
+    """The rate tracker of one (customer, service, region)."""
+
+    partition: int
+    tracker: RateTracker
+    seen: HighWater = field(default_factory=HighWater)
+
+    def dump(self) -> list[Any]:
+        t = self.tracker
+        return [self.partition, t.allowed, list(t.counts.items()), t.next_second, t.over_run, t.under_run,
+                t.breached, self.seen.marks]
+
+    @classmethod
+    def load(cls, data: list[Any]) -> RateState:
+        p, allowed, counts, next_second, over, under, breached, marks = data
+        tracker = RateTracker(allowed, dict((int(s), n) for s, n in counts), next_second, over, under, breached)
+        return cls(p, tracker, HighWater(marks))
+
+
+@dataclass(slots=True)
+class SpendState:
+    """The spend tracker of one customer."""
+
+    partition: int
+    tracker: SpendTracker = field(default_factory=SpendTracker)
+    seen: HighWater = field(default_factory=HighWater)
+
+    def dump(self) -> list[Any]:
+        t = self.tracker
+        return [self.partition, list(t.billable_by_day.items()), [k.value for k, up in t.above.items() if up],
+                [[k.value, label, n] for (k, label), n in t.crossings.items()], self.seen.marks]
+
+    @classmethod
+    def load(cls, data: list[Any]) -> SpendState:
+        p, days, above, crossings, marks = data
+        tracker = SpendTracker(dict((int(d), n) for d, n in days), {LimitKind(k): True for k in above},
+                               {(LimitKind(k), label): n for k, label, n in crossings})
+        return cls(p, tracker, HighWater(marks))
+
+
+@dataclass(slots=True)
+class InvalidKeyState:
+    tracker: InvalidKeyTracker = field(default_factory=InvalidKeyTracker)
+    seen: HighWater = field(default_factory=HighWater)
+
+    def dump(self) -> list[Any]:
+        t = self.tracker
+        return [t.hour, t.hits, t.reported, self.seen.marks]
+
+    @classmethod
+    def load(cls, data: list[Any]) -> InvalidKeyState:
+        hour, hits, reported, marks = data
+        return cls(InvalidKeyTracker(hour, hits, reported), HighWater(marks))
+
+
+STATE_TYPES: dict[str, type] = {"window": WindowState, "rate": RateState, "spend": SpendState,
+                                "invalid": InvalidKeyState, "clock": int}
+
+
+def dumps(value: Any) -> bytes:
+    if isinstance(value, int):
+        return b"%d" % value
+    return orjson.dumps(value.dump())
+
+
+def loads(kind: str, payload: bytes) -> Any:
+    if kind == "clock":
+        return int(payload)
+    return STATE_TYPES[kind].load(orjson.loads(payload))

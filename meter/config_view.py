@@ -1,0 +1,141 @@
+"""The configuration every worker holds in full: the compacted ``meter.apikeys``,
+``meter.instances`` and ``meter.customers`` topics, replicated into memory.
+
+Each worker reads every partition of the three topics (no consumer group): the view is
+loaded to the topics' end before the first record is resolved, then follows them. A key
+state is looked up for every log record, so it lives in a plain dict; a tombstone removes it.
+``subscribe()`` collects customers whose spend policy or instances changed, so the
+meter re-evaluates their limits (a raised cap clears a breach without new traffic needing to
+arrive first).
+
+Why not a faust GlobalTable: the worker needs the view complete before it resolves anything
+(an unknown key would be counted as unauthenticated), and it needs the decoded model, not the
+bytes, on the hot path; a consumer of our own gives both, and is a few lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from meterstream import logs
+from meterstream.kafka import partitions_of
+from meterstream.schemas import topics
+from meterstream.schemas.config import ApiKeyState, CustomerState, InstanceState
+from meterstream.schemas.enums import ServiceType
+from meterstream.schemas.wire import WireError, decode
+from meterstream.settings import Settings
+
+log = logs.get(__name__)
+
+
+class ConfigView:
+    def __init__(self) -> None:
+        self.keys: dict[int, ApiKeyState] = {}
+        self.instances: dict[tuple[int, ServiceType], InstanceState] = {}
+        self.customers: dict[int, CustomerState] = {}
+        self.watchers: list[set[int]] = []  # one set per meter partition (subscribe)
+
+    # -- applying topic records -------------------------------------------------------------
+    def apply(self, logical_topic: str, key: bytes | None, value: bytes | None) -> None:
+        if key is None:
+            return
+        try:
+            if logical_topic == topics.METER_APIKEYS:
+                fp = int(key)
+                if value is None:
+                    self.keys.pop(fp, None)
+                else:
+                    self.keys[fp] = decode(ApiKeyState, value)
+            elif logical_topic == topics.METER_INSTANCES:
+                customer, service = (int(part) for part in key.split(b":"))
+                slot = (customer, ServiceType(service))
+                if value is None:
+                    self.instances.pop(slot, None)
+                else:
+                    self.instances[slot] = decode(InstanceState, value)
+                self._changed(customer)
+            elif logical_topic == topics.METER_CUSTOMERS:
+                customer = int(key)
+                if value is None:
+                    self.customers.pop(customer, None)
+                else:
+                    self.customers[customer] = decode(CustomerState, value)
+                self._changed(customer)
+        except (WireError, ValueError) as exc:
+            # a bad config record must not stop metering; the previous state stays
+            log.error("config record ignored", topic=logical_topic, error=str(exc))
+
+    def apply_many(self, logical_topic: str, records: Iterable[tuple[bytes | None, bytes | None]]) -> None:
+        for key, value in records:
+            self.apply(logical_topic, key, value)
+
+    def subscribe(self) -> set[int]:
+        """A set that collects the ids of customers whose configuration changes."""
+        watcher: set[int] = set()
+        self.watchers.append(watcher)
+        return watcher
+
+    def unsubscribe(self, watcher: set[int]) -> None:
+        self.watchers = [w for w in self.watchers if w is not watcher]
+
+    def _changed(self, customer: int) -> None:
+        for watcher in self.watchers:
+            watcher.add(customer)
+
+
+class ConfigFollower:
+    """Loads a ConfigView to the topics' end, then keeps it following them."""
+
+    def __init__(self, settings: Settings, view: ConfigView) -> None:
+        self.settings = settings
+        self.view = view
+        self.names = {settings.topic(name): name for name in
+                      (topics.METER_APIKEYS, topics.METER_INSTANCES, topics.METER_CUSTOMERS)}
+        self.consumer: AIOKafkaConsumer | None = None
+        self.loaded = asyncio.Event()
+
+    async def load(self) -> None:
+        """Reads the three topics up to their current end (retrying while Kafka is away)."""
+        while True:
+            try:
+                self.consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap,
+                                                 enable_auto_commit=False, isolation_level="read_committed",
+                                                 client_id=f"{self.settings.kafka.client_id}-config")
+                await self.consumer.start()
+                partitions = [TopicPartition(t, p) for t in self.names for p in await partitions_of(self.settings, t)]
+                self.consumer.assign(partitions)
+                await self.consumer.seek_to_beginning(*partitions)
+                ends = await self.consumer.end_offsets(partitions)
+                while any(await self.consumer.position(tp) < end for tp, end in ends.items()):
+                    await self._poll(500)
+                self.loaded.set()
+                log.info("config loaded", keys=len(self.view.keys), instances=len(self.view.instances),
+                         customers=len(self.view.customers))
+                return
+            except KafkaError as exc:
+                log.warning("config load failed, retrying", error=str(exc))
+                await self.close()
+                await asyncio.sleep(1.0)
+
+    async def follow(self) -> None:
+        while True:
+            try:
+                await self._poll(1000)
+            except KafkaError as exc:  # the consumer reconnects by itself
+                log.warning("config follow error", error=str(exc))
+                await asyncio.sleep(1.0)
+
+    async def _poll(self, timeout_ms: int) -> None:
+        assert self.consumer is not None
+        batch = await self.consumer.getmany(timeout_ms=timeout_ms)
+        for tp, messages in batch.items():
+            self.view.apply_many(self.names[tp.topic], ((m.key, m.value) for m in messages))
+
+    async def close(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.stop()
+            self.consumer = None

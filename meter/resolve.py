@@ -1,0 +1,57 @@
+"""Resolution of a record's API-key fingerprint to its customer (SPEC §6), and the
+rate-limited ``invalid_key`` events for fingerprints that keep hitting. Pure logic."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meterstream.meter.clock import HOUR_MS, floor_to
+from meterstream.schemas.config import ApiKeyState
+from meterstream.schemas.enums import ApiKeyStatus, LimitKind, UnauthReason
+from meterstream.schemas.limits import LimitEvent, event_id
+
+UNAUTHENTICATED = 0
+
+
+def resolve(keys: dict[int, ApiKeyState], api_key_fp: int | None,
+            service_type: int | None) -> tuple[int, UnauthReason | None]:
+    """(customer_id, None) for a valid key, else (0, the reason)."""
+    if api_key_fp is None:
+        return UNAUTHENTICATED, UnauthReason.NO_KEY
+    state = keys.get(api_key_fp)
+    if state is None:
+        return UNAUTHENTICATED, UnauthReason.UNKNOWN_KEY
+    if state.status is not ApiKeyStatus.ACTIVE:
+        return UNAUTHENTICATED, UnauthReason.REVOKED_KEY
+    if service_type is not None and state.service_type != service_type:
+        return UNAUTHENTICATED, UnauthReason.WRONG_SERVICE
+    return state.customer_id, None
+
+
+@dataclass(slots=True)
+class InvalidKeyTracker:
+    """Hits of one fingerprint that resolves to no customer, per event-time hour.
+
+    ``invalid_key`` fires once per fingerprint and hour, when the hits of that hour reach
+    ``threshold``: a fingerprint that keeps hitting is reported, a stray request is only
+    counted, and a flood makes one event an hour, not one per request.
+    """
+
+    hour: int = -1
+    hits: int = 0
+    reported: bool = False
+
+    def hit(self, api_key_fp: int, ts_ms: int, threshold: int) -> LimitEvent | None:
+        hour = floor_to(ts_ms, HOUR_MS)
+        if hour > self.hour:
+            self.hour, self.hits, self.reported = hour, 0, False
+        elif hour < self.hour:
+            return None  # a late hit of an hour already left behind: counted in usage only
+        self.hits += 1
+        if self.reported or self.hits < threshold:
+            return None
+        self.reported = True
+        window = f"fp{api_key_fp}:{hour}"
+        return LimitEvent(event_id=event_id(UNAUTHENTICATED, LimitKind.INVALID_KEY, window),
+                          customer_id=UNAUTHENTICATED, kind=LimitKind.INVALID_KEY, observed=self.hits,
+                          limit=threshold, window=window, at=ts_ms, api_key_fp=api_key_fp)

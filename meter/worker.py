@@ -1,0 +1,353 @@
+"""`meterstream worker`: the faust-streaming app that turns haproxy.logs into usage windows
+and limit events (SPEC §5-§7; docs/metering.md).
+
+Two agents, each with one actor per partition (``isolated_partitions``), taking batches:
+
+- **resolve** (haproxy.logs, keyed by fingerprint): each record's fingerprint is looked up in
+  the config view every worker holds in full; the record goes to ``meter.resolved`` keyed by
+  its customer (0 when unauthenticated) with its upstream position. Fingerprints that keep
+  hitting without resolving raise one ``invalid_key`` event an hour (table ``invalid-keys``).
+- **meter** (meter.resolved, keyed by customer): meter.meter_stage applies the records to the
+  tables ``windows``, ``rates``, ``spends`` and ``clocks`` and says what to publish.
+
+Exactness (docs/metering.md "Exactly once") does not rest on faust's exactly_once mode: the
+app runs at_least_once; every table value carries the high-water marks of what it applied;
+messages are published and acknowledged before the table values that record them are
+written; a batch is acknowledged to faust (so its offsets can be committed) only once all of
+that is done, and any error ends the process before anything is acknowledged. A limit event
+whose id meter.breaches already holds (read back at start) is not published again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import faust
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.serializers import codecs
+
+from meterstream import http, logs
+from meterstream.kafka import ensure_topics, partitions_of
+from meterstream.meter import aggregates, metrics
+from meterstream.meter.aggregates import InvalidKeyState
+from meterstream.meter.config_view import ConfigFollower, ConfigView
+from meterstream.meter.highwater import stream_key
+from meterstream.meter.meter_stage import MeterPartition, MeterRules, Tables
+from meterstream.meter.resolve import InvalidKeyTracker, resolve
+from meterstream.schemas import topics
+from meterstream.schemas.limits import LimitEvent
+from meterstream.schemas.records import LogRecord, RejectedLine, SourcePosition
+from meterstream.schemas.topics import key_of
+from meterstream.schemas.wire import WireError, decode, encode
+from meterstream.settings import Settings
+
+log = logs.get(__name__)
+EXIT_FAILED = 70  # an error in a batch: exit before acknowledging it, so it is processed again
+
+
+class _StateCodec(codecs.Codec):
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+
+    def _dumps(self, obj: Any) -> bytes:
+        return aggregates.dumps(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return aggregates.loads(self.kind, s)
+
+
+for _kind in aggregates.STATE_TYPES:
+    codecs.register(f"ms-{_kind}", _StateCodec(_kind))
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Worker:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        cfg = settings.worker
+        self.view = ConfigView()
+        self.follower = ConfigFollower(settings, self.view)
+        self.rules = MeterRules(retention_ms=int(cfg.retention_h * 3_600_000), future_ms=int(cfg.future_s * 1000))
+        self.recent: set[str] = set()  # event ids meter.breaches holds
+        self.recent_loaded_at = 0.0
+        self.recent_lock = asyncio.Lock()
+        self.ready = asyncio.Event()
+        self.app: faust.App | None = None
+
+    def health(self) -> tuple[bool, dict[str, object]]:
+        return self.ready.is_set(), {"config_loaded": self.ready.is_set(),
+                                     "config_keys": len(self.view.keys)}
+
+    # -- the app -----------------------------------------------------------------------------
+    def build(self, logs_partitions: int, resolved_partitions: int) -> faust.App:
+        s, cfg = self.settings, self.settings.worker
+        datadir = cfg.datadir or tempfile.mkdtemp(prefix="meterstream-worker-")
+        app = faust.App(
+            f"{s.kafka.topic_prefix}{cfg.app_id}", broker=f"kafka://{s.kafka.bootstrap}", store="memory://",
+            processing_guarantee="at_least_once", topic_partitions=resolved_partitions,
+            table_standby_replicas=0, web_enabled=False, datadir=datadir, topic_replication_factor=1,
+            broker_commit_interval=cfg.commit_interval_s, consumer_auto_offset_reset="earliest",
+            stream_buffer_maxsize=max(4 * cfg.batch_records, 16_384), producer_linger=0.005,
+            producer_acks=-1, broker_client_id=f"{s.kafka.client_id}-worker",
+        )
+        self.app = app
+
+        def topic(name: str, partitions: int | None = None) -> faust.TopicT:
+            return app.topic(s.topic(name), key_serializer="raw", value_serializer="raw", partitions=partitions)
+
+        logs_topic = topic(topics.HAPROXY_LOGS, logs_partitions)
+        resolved_topic = topic(topics.METER_RESOLVED, resolved_partitions)
+        self.out = {name: topic(name) for name in (topics.METER_USAGE, topics.METER_BREACHES,
+                                                   topics.HAPROXY_LOGS_REJECTED)}
+        self.resolved_topic = resolved_topic
+
+        def table(name: str, kind: str, partitions: int) -> faust.Table:
+            return app.Table(name, partitions=partitions, key_serializer="raw", value_serializer=f"ms-{kind}")
+
+        self.invalid_table = table("invalid-keys", "invalid", logs_partitions)
+        self.tables = {"windows": table("windows", "window", resolved_partitions),
+                       "rates": table("rates", "rate", resolved_partitions),
+                       "spends": table("spends", "spend", resolved_partitions),
+                       "clocks": table("clocks", "clock", resolved_partitions)}
+
+        @app.task
+        async def start() -> None:
+            await http.start(s.http, self.health, "worker")
+            await self.follower.load()
+            self.ready.set()
+            await self.follower.follow()
+
+        @app.agent(logs_topic, isolated_partitions=True, name="resolve")
+        async def resolve_agent(stream: faust.StreamT) -> None:
+            await self._run_stage(stream, cfg.resolve_within_s, self._resolve_batch)
+
+        @app.agent(resolved_topic, isolated_partitions=True, name="meter")
+        async def meter_agent(stream: faust.StreamT) -> None:
+            state: dict[str, Any] = {}
+            try:
+                await self._run_stage(stream, cfg.meter_within_s,
+                                      lambda events: self._meter_batch(events, state))
+            finally:
+                if "changed" in state:
+                    self.view.unsubscribe(state["changed"])
+
+        return app
+
+    async def _run_stage(self, stream: faust.StreamT, within: float, handle: Any) -> None:
+        await self.ready.wait()
+        await self._load_recent()
+        async for events in stream.noack_take(self.settings.worker.batch_records, within=within):
+            try:
+                await handle(events)
+            except asyncio.CancelledError:
+                raise  # a rebalance or a stop: nothing of the batch is acknowledged
+            except Exception:
+                log.exception("batch failed; exiting so that it is processed again")
+                os._exit(EXIT_FAILED)
+            for event in events:
+                await stream.ack(event)
+
+    # -- resolve -----------------------------------------------------------------------------
+    async def _resolve_batch(self, events: list[faust.EventT]) -> None:
+        started = time.perf_counter()
+        partition = events[0].message.partition
+        keys = self.view.keys
+        threshold = self.settings.worker.invalid_key_hits
+        invalid_store = self.invalid_table.data
+        touched: dict[bytes, InvalidKeyState] = {}
+        limit_events: list[LimitEvent] = []
+        rejected: list[RejectedLine] = []
+        send = self.resolved_topic.send_soon
+        unauth = 0
+        for event in events:
+            message = event.message
+            raw: bytes = message.value
+            try:
+                record = decode(LogRecord, raw)
+            except WireError as exc:
+                rejected.append(self._rejected(f"kafka:{message.topic}", message.topic, partition, message.offset,
+                                               "invalid_record", str(exc), raw))
+                continue
+            fp = record.api_key_fp
+            customer, reason = resolve(keys, fp, record.service_type)
+            if reason is None:
+                unauth_json = b"null"
+            else:
+                unauth += 1
+                metrics.UNAUTHENTICATED.labels(reason.value).inc()
+                unauth_json = b'"%s"' % reason.value.encode()
+                if fp is not None:
+                    key = b"%d" % fp
+                    state = touched.get(key) or invalid_store.get(key) or InvalidKeyState(InvalidKeyTracker())
+                    if state.seen.apply(stream_key(record.src.stream, fp), record.src.offset, record.ts):
+                        hit = state.tracker.hit(fp, record.ts, threshold)
+                        if hit is not None:
+                            limit_events.append(hit)
+                    touched[key] = state
+            body = raw.rstrip()
+            out = body[:-1] + (b',"customer_id":%d,"unauth":%s,"upstream":{"topic":%s,"partition":%d,"offset":%d}}'
+                               % (customer, unauth_json, orjson.dumps(message.topic), partition, message.offset))
+            send(key=b"%d" % customer, value=out)
+        await self._publish(limit_events=limit_events, rejected=rejected)
+        for key, state in touched.items():
+            self._write(self.invalid_table, partition, key, state)
+        metrics.RECORDS.labels("resolve", "applied").inc(len(events) - len(rejected))
+        metrics.RECORDS.labels("resolve", "rejected").inc(len(rejected))
+        metrics.TABLE_KEYS.labels("invalid-keys").set(len(invalid_store))
+        self._lag(events[-1])
+        metrics.BATCH_SECONDS.labels("resolve").observe(time.perf_counter() - started)
+
+    # -- meter -------------------------------------------------------------------------------
+    async def _meter_batch(self, events: list[faust.EventT], state: dict[str, Any]) -> None:
+        started = time.perf_counter()
+        partition = events[0].message.partition
+        meter: MeterPartition | None = state.get("meter")
+        if meter is None:
+            state["changed"] = self.view.subscribe()
+            tables = Tables(**{name: t.data for name, t in self.tables.items()})
+            meter = state["meter"] = MeterPartition(partition, tables, self.view.customers, self.view.instances,
+                                                    self.rules)
+        records = [orjson.loads(event.message.value) for event in events]
+        now = _now_ms()
+        changed = set(state["changed"])
+        state["changed"].clear()
+        result = meter.process(records, now, drained=len(events) < self.settings.worker.batch_records,
+                               changed_customers=changed)
+        rejected = [self._rejected(f"meter:{r.record['src']['stream']}", r.record["src"]["stream"], None,
+                                   r.record["src"]["offset"], r.reason, r.detail, orjson.dumps(r.record))
+                    for r in result.rejected]
+        await self._publish(usage=result.usage, limit_events=result.events, rejected=rejected)
+        for name, writes in result.writes.items():
+            for key, value in writes.items():
+                self._write(self.tables[name], partition, key, value)
+        metrics.RECORDS.labels("meter", "applied").inc(result.applied)
+        metrics.RECORDS.labels("meter", "repeat").inc(result.repeats)
+        metrics.RECORDS.labels("meter", "rejected").inc(len(rejected))
+        metrics.LATENCY.observe(max(now - records[-1]["ts"], 0) / 1000)
+        for name, t in self.tables.items():
+            metrics.TABLE_KEYS.labels(name).set(len(t.data))
+        self._lag(events[-1])
+        metrics.BATCH_SECONDS.labels("meter").observe(time.perf_counter() - started)
+
+    # -- publishing and writing --------------------------------------------------------------
+    async def _publish(self, usage: Iterable = (), limit_events: Iterable[LimitEvent] = (),
+                       rejected: Iterable[RejectedLine] = ()) -> None:
+        """Publishes and waits for Kafka's acknowledgement of every message."""
+        pending = []
+        for window in usage:
+            pending.append(await self.out[topics.METER_USAGE].send(key=key_of(window), value=encode(window)))
+            metrics.USAGE_PUBLISHED.inc()
+        for event in limit_events:
+            if event.event_id in self.recent:
+                metrics.EVENTS_SUPPRESSED.inc()
+                continue
+            self.recent.add(event.event_id)
+            pending.append(await self.out[topics.METER_BREACHES].send(key=key_of(event), value=encode(event)))
+            metrics.LIMIT_EVENTS.labels(event.kind.value).inc()
+        for line in rejected:
+            pending.append(await self.out[topics.HAPROXY_LOGS_REJECTED].send(key=key_of(line), value=encode(line)))
+            metrics.REJECTED.labels(line.reason).inc()
+        if pending:
+            await asyncio.gather(*pending)
+
+    @staticmethod
+    def _write(table: faust.Table, partition: int, key: bytes, value: Any) -> None:
+        store = table.data
+        if value is None:
+            store.data.pop(key, None)
+            table.send_changelog(partition, key, None, value_serializer="raw")
+        else:
+            store.data[key] = value
+            table.send_changelog(partition, key, value)
+        store._key_partition[key] = partition  # noqa: SLF001 - lets faust drop it when the partition leaves
+
+    @staticmethod
+    def _rejected(source: str, stream: str, partition: int | None, offset: int, reason: str, detail: str,
+                  raw: bytes) -> RejectedLine:
+        limit = 8192
+        try:
+            text, encoding = raw[:limit].decode(), "utf-8"
+        except UnicodeDecodeError:
+            import base64
+
+            text, encoding = base64.b64encode(raw[:limit]).decode(), "base64"
+        position_stream = stream if partition is None else f"{stream}:{partition}"
+        return RejectedLine(source=source, position=SourcePosition(stream=position_stream[:256], offset=offset),
+                            reason=reason, detail=detail[:1000], raw=text, raw_encoding=encoding,
+                            raw_bytes=len(raw), raw_truncated=len(raw) > limit, at=_now_ms())
+
+    def _lag(self, event: faust.EventT) -> None:
+        tp = event.message.tp
+        try:
+            high = self.app.consumer.highwater(tp)  # type: ignore[union-attr]
+        except Exception:  # noqa: BLE001 - not known yet
+            return
+        if high is not None:
+            metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(high - event.message.offset - 1, 0))
+
+    async def _load_recent(self) -> None:
+        """Reads back the limit events published recently, so that a batch repeated after a
+        crash (its events published, its table values not yet written) does not publish them
+        again. Done whenever partitions are (re)assigned to this worker."""
+        asked = time.monotonic()
+        async with self.recent_lock:
+            if self.recent_loaded_at > asked:
+                return
+            since = _now_ms() - int(self.settings.worker.recent_events_s * 1000)
+            self.recent |= await read_event_ids(self.settings, since)
+            self.recent_loaded_at = time.monotonic()
+
+
+async def read_event_ids(settings: Settings, since_ms: int) -> set[str]:
+    """The event ids on meter.breaches written since ``since_ms`` (broker time)."""
+    name = settings.topic(topics.METER_BREACHES)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False,
+                                isolation_level="read_committed", client_id=f"{settings.kafka.client_id}-readback")
+    await consumer.start()
+    try:
+        parts = [TopicPartition(name, p) for p in await partitions_of(settings, name)]
+        consumer.assign(parts)
+        found = await consumer.offsets_for_times({tp: since_ms for tp in parts})
+        ends = await consumer.end_offsets(parts)
+        for tp in parts:
+            if found.get(tp) is None:
+                consumer.seek(tp, ends[tp])
+            else:
+                consumer.seek(tp, found[tp].offset)
+        ids: set[str] = set()
+        while any(await consumer.position(tp) < ends[tp] for tp in parts):
+            batch = await consumer.getmany(*parts, timeout_ms=500)
+            for messages in batch.values():
+                for m in messages:
+                    if m.value is not None:
+                        ids.add(orjson.loads(m.value)["event_id"])
+        return ids
+    finally:
+        await consumer.stop()
+
+
+def run(settings: Settings) -> int:
+    """Runs the worker until SIGTERM/SIGINT (faust commits what it acknowledged, exit 0)."""
+    created = asyncio.run(ensure_topics(settings))
+    if created:
+        log.info("topics created", topics=created)
+    logs_partitions = len(asyncio.run(partitions_of(settings, settings.topic(topics.HAPROXY_LOGS))))
+    resolved_partitions = len(asyncio.run(partitions_of(settings, settings.topic(topics.METER_RESOLVED))))
+    worker = Worker(settings)
+    app = worker.build(logs_partitions, resolved_partitions)
+    log.info("worker starting", app_id=app.conf.id, logs_partitions=logs_partitions,
+             resolved_partitions=resolved_partitions)
+    faust_worker = faust.Worker(app, loglevel="WARNING", quiet=True, redirect_stdouts=False,
+                                override_logging=False)
+    faust_worker.execute_from_commandline()
+    return 0
