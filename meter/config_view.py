@@ -110,7 +110,7 @@ class ConfigFollower:
                 self.consumer.assign(partitions)
                 await self.consumer.seek_to_beginning(*partitions)
                 ends = await self.consumer.end_offsets(partitions)
-                while any(await self.consumer.position(tp) < end for tp, end in ends.items()):
+                while [tp for tp, end in ends.items() if await self.consumer.position(tp) < end]:
                     await self._poll(500)
                 self.loaded.set()
                 log.info("config loaded", keys=len(self.view.keys), instances=len(self.view.instances),

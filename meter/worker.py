@@ -112,7 +112,9 @@ class Worker:
         self.resolved_topic = resolved_topic
 
         def table(name: str, kind: str, partitions: int) -> faust.Table:
-            return app.Table(name, partitions=partitions, key_serializer="raw", value_serializer=f"ms-{kind}")
+            t = app.Table(name, partitions=partitions, key_type=bytes)
+            t.value_serializer = f"ms-{kind}"  # faust takes it from value_type; ours is a codec
+            return t
 
         self.invalid_table = table("invalid-keys", "invalid", logs_partitions)
         self.tables = {"windows": table("windows", "window", resolved_partitions),
@@ -325,7 +327,7 @@ async def read_event_ids(settings: Settings, since_ms: int) -> set[str]:
             else:
                 consumer.seek(tp, found[tp].offset)
         ids: set[str] = set()
-        while any(await consumer.position(tp) < ends[tp] for tp in parts):
+        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
             batch = await consumer.getmany(*parts, timeout_ms=500)
             for messages in batch.values():
                 for m in messages:

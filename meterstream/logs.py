@@ -21,6 +21,9 @@ def configure(level: str = "info", fmt: str = "auto") -> None:
     # the libraries' INFO lines (group joins, subscriptions) are noise unless debugging
     for library in ("aiokafka", "asyncio", "faust", "mode"):
         logging.getLogger(library).setLevel(max(numeric, logging.WARNING))
+    # faust warns "producer buffer full" whenever a batch outgrows its send buffer: back-pressure
+    # working as meant, not a problem
+    logging.getLogger("faust.transport.producer").setLevel(max(numeric, logging.ERROR))
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
