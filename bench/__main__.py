@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["ingest", "sink"]
+BENCHMARKS = ["ingest", "worker", "sink"]
 
 
 def main() -> None:

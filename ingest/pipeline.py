@@ -6,7 +6,7 @@ from __future__ import annotations
 from meterstream.ingest import metrics
 from meterstream.ingest.deadletter import rejected_line
 from meterstream.ingest.parser import Rejected, parse
-from meterstream.ingest.producer import Message
+from meterstream.producer import Message
 from meterstream.schemas import topics
 from meterstream.schemas.records import LogRecord, SourcePosition
 from meterstream.schemas.wire import encode

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from meterstream import logs
 from meterstream.ingest import metrics
 from meterstream.ingest.pipeline import Encoder
-from meterstream.ingest.producer import RoundProducer, Stopped
+from meterstream.producer import RoundProducer, Stopped
 from meterstream.schemas.records import SourcePosition
 from meterstream.settings import Settings
 
@@ -45,7 +45,7 @@ class SyslogReceiver:
         self.host = settings.tail.host or socket.gethostname()
         self.queue: asyncio.Queue[Received] = asyncio.Queue(settings.syslog.queue_lines)
         self.encoder = Encoder(settings)
-        self.producer = RoundProducer(settings)
+        self.producer = RoundProducer(settings, "ingest", metrics.PRODUCE_LATENCY, metrics.PRODUCE_FAILURES)
         self.stop_requested = asyncio.Event()
         self.udp_port: int | None = None
         self.tcp_port: int | None = None

@@ -19,7 +19,7 @@ from meterstream.ingest import metrics
 from meterstream.ingest.checkpoint import Checkpoint, CheckpointStore
 from meterstream.ingest.files import FileSet, FollowedFile
 from meterstream.ingest.pipeline import Encoder
-from meterstream.ingest.producer import Message, RoundProducer, Stopped
+from meterstream.producer import Message, RoundProducer, Stopped
 from meterstream.schemas.records import SourcePosition
 from meterstream.settings import Settings
 
@@ -53,7 +53,7 @@ class Tailer:
             resume={s: e.offset for s, e in self.checkpoint.streams.items()},
         )
         self.encoder = Encoder(settings)
-        self.producer = RoundProducer(settings)
+        self.producer = RoundProducer(settings, "ingest", metrics.PRODUCE_LATENCY, metrics.PRODUCE_FAILURES)
         self.stop_requested = asyncio.Event()
         self._continuations: list[FollowedFile] = []
         self._unsaved_since: float | None = None  # first advance not yet written

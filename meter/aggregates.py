@@ -10,6 +10,7 @@ Values are compact JSON (orjson) lists; keys are bytes (see ``*_key``).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import orjson
@@ -130,3 +131,41 @@ def loads(kind: str, payload: bytes) -> Any:
     if kind == "clock":
         return int(payload)
     return STATE_TYPES[kind].load(orjson.loads(payload))
+
+
+class StateTable(MutableMapping[bytes, Any]):
+    """A table's store seen as state objects. faust recovers a table from its changelog
+    with the changelog topic's own (JSON) serializer, so a recovered value is the parsed
+    list; it becomes its state object on first access, and stays one."""
+
+    def __init__(self, data: MutableMapping[bytes, Any], kind: str) -> None:
+        self.data = data
+        self.load = STATE_TYPES[kind].load if kind != "clock" else int
+
+    def _typed(self, key: bytes, value: Any) -> Any:
+        if isinstance(value, list):
+            value = self.data[key] = self.load(value)
+        return value
+
+    def __getitem__(self, key: bytes) -> Any:
+        return self._typed(key, self.data[key])
+
+    def get(self, key: bytes, default: Any = None) -> Any:  # noqa: D102 - the fast path
+        value = self.data.get(key)
+        return default if value is None else self._typed(key, value)
+
+    def __setitem__(self, key: bytes, value: Any) -> None:
+        self.data[key] = value
+
+    def __delitem__(self, key: bytes) -> None:
+        del self.data[key]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def items(self) -> Iterator[tuple[bytes, Any]]:  # type: ignore[override]
+        for key in list(self.data):
+            yield key, self[key]

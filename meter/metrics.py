@@ -28,6 +28,11 @@ LAG = Gauge("meterstream_worker_consumer_lag", "Records between a partition's en
 TABLE_KEYS = Gauge("meterstream_worker_table_keys", "Keys held in a worker table", ["table"])
 BATCH_SECONDS = Histogram("meterstream_worker_batch_seconds", "Processing time of one batch, publishing included",
                           ["stage"], buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5))
+PRODUCE_LATENCY = Histogram("meterstream_worker_produce_latency_seconds",
+                            "From sending a batch's messages to Kafka's acknowledgement",
+                            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+PRODUCE_FAILURES = Counter("meterstream_worker_produce_failures_total",
+                           "Sends that failed and were retried (broker away, timeouts)")
 LATENCY = Histogram("meterstream_worker_latency_seconds",
                     "From a request's time (HAProxy) to its usage being applied by the meter",
                     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300))

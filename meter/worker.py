@@ -35,11 +35,12 @@ from faust.serializers import codecs
 from meterstream import http, logs
 from meterstream.kafka import ensure_topics, partitions_of
 from meterstream.meter import aggregates, metrics
-from meterstream.meter.aggregates import InvalidKeyState
+from meterstream.meter.aggregates import InvalidKeyState, StateTable
 from meterstream.meter.config_view import ConfigFollower, ConfigView
 from meterstream.meter.highwater import stream_key
 from meterstream.meter.meter_stage import MeterPartition, MeterRules, Tables
 from meterstream.meter.resolve import InvalidKeyTracker, resolve
+from meterstream.producer import Message, RoundProducer
 from meterstream.schemas import topics
 from meterstream.schemas.limits import LimitEvent
 from meterstream.schemas.records import LogRecord, RejectedLine, SourcePosition
@@ -83,6 +84,7 @@ class Worker:
         self.recent_lock = asyncio.Lock()
         self.ready = asyncio.Event()
         self.app: faust.App | None = None
+        self.producer = RoundProducer(settings, "worker", metrics.PRODUCE_LATENCY, metrics.PRODUCE_FAILURES)
 
     def health(self) -> tuple[bool, dict[str, object]]:
         return self.ready.is_set(), {"config_loaded": self.ready.is_set(),
@@ -99,6 +101,8 @@ class Worker:
             broker_commit_interval=cfg.commit_interval_s, consumer_auto_offset_reset="earliest",
             stream_buffer_maxsize=max(4 * cfg.batch_records, 16_384), producer_linger=0.005,
             producer_acks=-1, broker_client_id=f"{s.kafka.client_id}-worker",
+            # a worker killed -9 leaves the group within 10 s, and its partitions move on
+            broker_session_timeout=10.0, broker_heartbeat_interval=2.0,
         )
         self.app = app
 
@@ -124,10 +128,15 @@ class Worker:
 
         @app.task
         async def start() -> None:
-            await http.start(s.http, self.health, "worker")
-            await self.follower.load()
-            self.ready.set()
-            await self.follower.follow()
+            endpoint = await http.start(s.http, self.health, "worker")
+            try:
+                await self.follower.load()
+                self.ready.set()
+                await self.follower.follow()
+            finally:  # the worker stops: this task is cancelled
+                await self.follower.close()
+                await self.producer.stop()
+                await endpoint.stop()
 
         @app.agent(logs_topic, isolated_partitions=True, name="resolve")
         async def resolve_agent(stream: faust.StreamT) -> None:
@@ -165,12 +174,12 @@ class Worker:
         partition = events[0].message.partition
         keys = self.view.keys
         threshold = self.settings.worker.invalid_key_hits
-        invalid_store = self.invalid_table.data
+        invalid_store = StateTable(self.invalid_table.data.data, "invalid")
         touched: dict[bytes, InvalidKeyState] = {}
         limit_events: list[LimitEvent] = []
         rejected: list[RejectedLine] = []
-        send = self.resolved_topic.send_soon
-        unauth = 0
+        resolved_name = self.settings.topic(topics.METER_RESOLVED)
+        outgoing: list[Message] = []
         for event in events:
             message = event.message
             raw: bytes = message.value
@@ -185,7 +194,6 @@ class Worker:
             if reason is None:
                 unauth_json = b"null"
             else:
-                unauth += 1
                 metrics.UNAUTHENTICATED.labels(reason.value).inc()
                 unauth_json = b'"%s"' % reason.value.encode()
                 if fp is not None:
@@ -197,12 +205,11 @@ class Worker:
                             limit_events.append(hit)
                     touched[key] = state
             body = raw.rstrip()
-            out = body[:-1] + (b',"customer_id":%d,"unauth":%s,"upstream":{"topic":%s,"partition":%d,"offset":%d}}'
-                               % (customer, unauth_json, orjson.dumps(message.topic), partition, message.offset))
-            send(key=b"%d" % customer, value=out)
-        await self._publish(limit_events=limit_events, rejected=rejected)
-        for key, state in touched.items():
-            self._write(self.invalid_table, partition, key, state)
+            value = body[:-1] + (b',"customer_id":%d,"unauth":%s,"upstream":{"topic":%s,"partition":%d,"offset":%d}}'
+                                 % (customer, unauth_json, orjson.dumps(message.topic), partition, message.offset))
+            outgoing.append(Message(resolved_name, b"%d" % customer, value))
+        await self._publish(outgoing, limit_events=limit_events, rejected=rejected)
+        await self._write(self.invalid_table, partition, touched)
         metrics.RECORDS.labels("resolve", "applied").inc(len(events) - len(rejected))
         metrics.RECORDS.labels("resolve", "rejected").inc(len(rejected))
         metrics.TABLE_KEYS.labels("invalid-keys").set(len(invalid_store))
@@ -216,7 +223,8 @@ class Worker:
         meter: MeterPartition | None = state.get("meter")
         if meter is None:
             state["changed"] = self.view.subscribe()
-            tables = Tables(**{name: t.data for name, t in self.tables.items()})
+            tables = Tables(**{name: StateTable(t.data.data, kind) for (name, t), kind
+                               in zip(self.tables.items(), ("window", "rate", "spend", "clock"), strict=True)})
             meter = state["meter"] = MeterPartition(partition, tables, self.view.customers, self.view.instances,
                                                     self.rules)
         records = [orjson.loads(event.message.value) for event in events]
@@ -228,10 +236,11 @@ class Worker:
         rejected = [self._rejected(f"meter:{r.record['src']['stream']}", r.record["src"]["stream"], None,
                                    r.record["src"]["offset"], r.reason, r.detail, orjson.dumps(r.record))
                     for r in result.rejected]
-        await self._publish(usage=result.usage, limit_events=result.events, rejected=rejected)
+        await self._publish([], usage=result.usage, limit_events=result.events, rejected=rejected)
+        changes: list[Message] = []
         for name, writes in result.writes.items():
-            for key, value in writes.items():
-                self._write(self.tables[name], partition, key, value)
+            changes += self._changes(self.tables[name], partition, writes)
+        await self.producer.send_round(changes)
         metrics.RECORDS.labels("meter", "applied").inc(result.applied)
         metrics.RECORDS.labels("meter", "repeat").inc(result.repeats)
         metrics.RECORDS.labels("meter", "rejected").inc(len(rejected))
@@ -242,36 +251,45 @@ class Worker:
         metrics.BATCH_SECONDS.labels("meter").observe(time.perf_counter() - started)
 
     # -- publishing and writing --------------------------------------------------------------
-    async def _publish(self, usage: Iterable = (), limit_events: Iterable[LimitEvent] = (),
-                       rejected: Iterable[RejectedLine] = ()) -> None:
-        """Publishes and waits for Kafka's acknowledgement of every message."""
-        pending = []
+    async def _publish(self, outgoing: list[Message], usage: Iterable = (),
+                       limit_events: Iterable[LimitEvent] = (), rejected: Iterable[RejectedLine] = ()) -> None:
+        """Publishes, and returns once Kafka has acknowledged every message (retrying with
+        backoff meanwhile: the stage takes nothing new until then)."""
+        usage_topic = self.settings.topic(topics.METER_USAGE)
         for window in usage:
-            pending.append(await self.out[topics.METER_USAGE].send(key=key_of(window), value=encode(window)))
-            metrics.USAGE_PUBLISHED.inc()
-        for event in limit_events:
-            if event.event_id in self.recent:
-                metrics.EVENTS_SUPPRESSED.inc()
-                continue
-            self.recent.add(event.event_id)
-            pending.append(await self.out[topics.METER_BREACHES].send(key=key_of(event), value=encode(event)))
-            metrics.LIMIT_EVENTS.labels(event.kind.value).inc()
+            outgoing.append(Message(usage_topic, key_of(window), encode(window)))
+        new_events = [e for e in limit_events if e.event_id not in self.recent]
+        metrics.EVENTS_SUPPRESSED.inc(sum(1 for e in limit_events if e.event_id in self.recent))
+        breaches_topic = self.settings.topic(topics.METER_BREACHES)
+        outgoing += [Message(breaches_topic, key_of(e), encode(e)) for e in new_events]
+        rejected_topic = self.settings.topic(topics.HAPROXY_LOGS_REJECTED)
+        outgoing += [Message(rejected_topic, key_of(line), encode(line)) for line in rejected]
+        await self.producer.send_round(outgoing)
+        self.recent.update(e.event_id for e in new_events)
+        for e in new_events:
+            metrics.LIMIT_EVENTS.labels(e.kind.value).inc()
         for line in rejected:
-            pending.append(await self.out[topics.HAPROXY_LOGS_REJECTED].send(key=key_of(line), value=encode(line)))
             metrics.REJECTED.labels(line.reason).inc()
-        if pending:
-            await asyncio.gather(*pending)
+        metrics.USAGE_PUBLISHED.inc(len(usage) if isinstance(usage, list) else 0)
 
-    @staticmethod
-    def _write(table: faust.Table, partition: int, key: bytes, value: Any) -> None:
+    def _changes(self, table: faust.Table, partition: int, writes: dict[bytes, Any]) -> list[Message]:
+        """The changelog messages of new table values, which are set in the table's store."""
         store = table.data
-        if value is None:
-            store.data.pop(key, None)
-            table.send_changelog(partition, key, None, value_serializer="raw")
-        else:
-            store.data[key] = value
-            table.send_changelog(partition, key, value)
-        store._key_partition[key] = partition  # noqa: SLF001 - lets faust drop it when the partition leaves
+        name = table.changelog_topic.get_topic_name()
+        out = []
+        for key, value in writes.items():
+            if value is None:
+                store.data.pop(key, None)
+                out.append(Message(name, key, None, partition=partition))
+            else:
+                store.data[key] = value
+                out.append(Message(name, key, aggregates.dumps(value), partition=partition))
+            store._key_partition[key] = partition  # noqa: SLF001 - lets faust drop it when the partition leaves
+        return out
+
+    async def _write(self, table: faust.Table, partition: int, writes: dict[bytes, Any]) -> None:
+        """Writes table values through their changelog, acknowledged before returning."""
+        await self.producer.send_round(self._changes(table, partition, writes))
 
     @staticmethod
     def _rejected(source: str, stream: str, partition: int | None, offset: int, reason: str, detail: str,

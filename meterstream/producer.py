@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
+from prometheus_client import Counter, Histogram
+
 from meterstream import logs
-from meterstream.ingest import metrics
 from meterstream.service import FailureClock
 from meterstream.settings import Settings
 
@@ -33,6 +34,7 @@ class Message:
     key: bytes
     value: bytes
     timestamp_ms: int | None = None
+    partition: int | None = None  # None: the key's partition (Kafka's default partitioner)
 
 
 class Stopped(Exception):
@@ -40,8 +42,14 @@ class Stopped(Exception):
 
 
 class RoundProducer:
-    def __init__(self, settings: Settings) -> None:
+    """``component`` names the client; ``latency`` and ``failures`` are the component's metrics
+    (seconds from sending a round to its acknowledgement; rounds resent)."""
+
+    def __init__(self, settings: Settings, component: str, latency: Histogram, failures: Counter) -> None:
         self._settings = settings
+        self._component = component
+        self._latency = latency
+        self._failures = failures
         self._producer: AIOKafkaProducer | None = None
         self._partitioner = DefaultPartitioner()
         self._partitions: dict[str, list[int]] = {}
@@ -54,7 +62,7 @@ class RoundProducer:
         s = self._settings
         producer = AIOKafkaProducer(
             bootstrap_servers=s.kafka.bootstrap,
-            client_id=f"{s.kafka.client_id}-ingest",
+            client_id=f"{s.kafka.client_id}-{self._component}",
             acks="all",
             enable_idempotence=True,
             linger_ms=s.produce.linger_ms,
@@ -115,7 +123,8 @@ class RoundProducer:
             self._partitions[topic] = sorted(found)
         groups: dict[tuple[str, int], list[Message]] = defaultdict(list)
         for m in messages:
-            groups[(m.topic, self._partition(producer, m.topic, m.key))].append(m)
+            partition = m.partition if m.partition is not None else self._partition(producer, m.topic, m.key)
+            groups[(m.topic, partition)].append(m)
         await asyncio.gather(*(self._send_partition(producer, t, p, ms) for (t, p), ms in groups.items()))
 
     async def send_round(self, messages: list[Message]) -> None:
@@ -132,7 +141,7 @@ class RoundProducer:
                                              return_when=asyncio.FIRST_COMPLETED)
                 if send in done:
                     send.result()
-                    metrics.PRODUCE_LATENCY.observe(time.monotonic() - started)
+                    self._latency.observe(time.monotonic() - started)
                     self.failure.recovered()
                     return
                 if stop in done:
@@ -144,7 +153,7 @@ class RoundProducer:
             except Exception as exc:  # noqa: BLE001 - any failure: resend the whole round
                 send.cancel()
                 attempt += 1
-                metrics.PRODUCE_FAILURES.inc()
+                self._failures.inc()
                 self.failure.failed()
                 log.warning("kafka round failed; resending on a new producer", attempt=attempt,
                             error=f"{type(exc).__name__}: {str(exc)[:200]}", messages=len(messages))
