@@ -22,6 +22,8 @@ LIMIT_EVENTS = Counter("meterstream_worker_limit_events_total", "Limit events pu
 EVENTS_SUPPRESSED = Counter("meterstream_worker_limit_events_suppressed_total",
                             "Limit events not published again because meter.breaches already holds their id")
 USAGE_PUBLISHED = Counter("meterstream_worker_usage_windows_published_total", "UsageWindow messages published")
+GAPS = Counter("meterstream_worker_gaps_total",
+               "Times the consumer skipped records and was sought back to the stored position", ["stage"])
 REJECTED = Counter("meterstream_worker_rejected_total", "Records sent to the dead letters, by reason", ["reason"])
 LAG = Gauge("meterstream_worker_consumer_lag", "Records between a partition's end and the worker's position",
             ["topic", "partition"])
@@ -38,5 +40,6 @@ LATENCY = Histogram("meterstream_worker_latency_seconds",
                     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300))
 
 for _stage in ("resolve", "meter"):
-    for _outcome in ("applied", "repeat", "rejected"):
+    GAPS.labels(_stage)
+    for _outcome in ("applied", "repeat", "rejected", "replayed"):
         RECORDS.labels(_stage, _outcome)

@@ -121,6 +121,8 @@ class Worker:
             return t
 
         self.invalid_table = table("invalid-keys", "invalid", logs_partitions)
+        self.positions = {"resolve": table("resolve-positions", "clock", logs_partitions),
+                          "meter": table("meter-positions", "clock", resolved_partitions)}
         self.tables = {"windows": table("windows", "window", resolved_partitions),
                        "rates": table("rates", "rate", resolved_partitions),
                        "spends": table("spends", "spend", resolved_partitions),
@@ -140,13 +142,13 @@ class Worker:
 
         @app.agent(logs_topic, isolated_partitions=True, name="resolve")
         async def resolve_agent(stream: faust.StreamT) -> None:
-            await self._run_stage(stream, cfg.resolve_within_s, self._resolve_batch)
+            await self._run_stage("resolve", stream, cfg.resolve_within_s, self._resolve_batch)
 
         @app.agent(resolved_topic, isolated_partitions=True, name="meter")
         async def meter_agent(stream: faust.StreamT) -> None:
             state: dict[str, Any] = {}
             try:
-                await self._run_stage(stream, cfg.meter_within_s,
+                await self._run_stage("meter", stream, cfg.meter_within_s,
                                       lambda events: self._meter_batch(events, state))
             finally:
                 if "changed" in state:
@@ -154,19 +156,62 @@ class Worker:
 
         return app
 
-    async def _run_stage(self, stream: faust.StreamT, within: float, handle: Any) -> None:
+    async def _run_stage(self, stage: str, stream: faust.StreamT, within: float, handle: Any) -> None:
+        """Feeds one partition's records to ``handle`` batch by batch, in offset order, each
+        offset exactly once.
+
+        The next offset to process is kept in the stage's ``positions`` table, written once a
+        batch's messages and table values are acknowledged; faust's committed offsets only
+        say where fetching starts. A record below the position was processed already (a
+        replay) and is skipped; a record above it means records were skipped (faust's
+        commit can run ahead of what was processed after a rebalance, see
+        docs/metering.md): the consumer is sought back to the position, and records beyond
+        it are dropped until the sought record arrives.
+        """
         await self.ready.wait()
         await self._load_recent()
+        positions = self.positions[stage]
+        store = StateTable(positions.data.data, "clock")
+        expected: int | None = None
+        seeking = False
+        first = True
         async for events in stream.noack_take(self.settings.worker.batch_records, within=within):
+            tp = events[0].message.tp
+            if first:
+                expected, first = store.get(b"p%d" % tp.partition), False
+            batch: list[faust.EventT] = []
+            repeats: list[faust.EventT] = []
+            gap = False
+            for event in events:
+                offset = event.message.offset
+                if expected is not None and offset < expected:
+                    repeats.append(event)
+                elif expected is None or offset == expected:
+                    batch.append(event)
+                    expected = offset + 1
+                    seeking = False
+                else:
+                    gap = True
+                    break
             try:
-                await handle(events)
+                if batch:
+                    await handle(batch)
+                    await self._write(positions, tp.partition, {b"p%d" % tp.partition: expected})
             except asyncio.CancelledError:
                 raise  # a rebalance or a stop: nothing of the batch is acknowledged
             except Exception:
-                log.exception("batch failed; exiting so that it is processed again")
+                log.exception("batch failed; exiting so that it is processed again", stage=stage)
                 os._exit(EXIT_FAILED)
-            for event in events:
+            metrics.RECORDS.labels(stage, "replayed").inc(len(repeats))
+            for event in repeats + batch:
                 await stream.ack(event)
+            if gap and not seeking:
+                assert expected is not None
+                metrics.GAPS.labels(stage).inc()
+                log.warning("records skipped by the consumer; seeking back", stage=stage, topic=tp.topic,
+                            partition=tp.partition, expected=expected, got=events[len(batch) + len(repeats)].message.offset)
+                await self.app.consumer.seek(tp, expected)  # type: ignore[union-attr]
+                seeking = True
 
     # -- resolve -----------------------------------------------------------------------------
     async def _resolve_batch(self, events: list[faust.EventT]) -> None:
