@@ -125,6 +125,8 @@ def run_worker(settings: settings_mod.Settings, total: int, log: Path) -> tuple[
         first = None
         deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the worker exited with {proc.returncode}; see {log}")
             done = metric(port, "meterstream_worker_records_total")
             if done and first is None:
                 first = (time.perf_counter(), done)

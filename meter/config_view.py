@@ -24,20 +24,41 @@ from aiokafka.errors import KafkaError
 from meterstream import logs
 from meterstream.kafka import partitions_of
 from meterstream.schemas import topics
+from meterstream.meter.rate import allowance
+from meterstream.meter.spend import SpendPolicy
 from meterstream.schemas.config import ApiKeyState, CustomerState, InstanceState
-from meterstream.schemas.enums import ServiceType
+from meterstream.schemas.enums import ApiKeyStatus
 from meterstream.schemas.wire import WireError, decode
 from meterstream.settings import Settings
 
 log = logs.get(__name__)
+_DEFAULT = CustomerState(customer_id=1)
+DEFAULT_POLICY = SpendPolicy(cap_micros=_DEFAULT.spend_cap_micros, window=_DEFAULT.spend_window,
+                             balance_micros=_DEFAULT.balance_micros, committed_micros=_DEFAULT.committed_charges_micros)
+
+
+def slot(customer: int, service: int) -> int:
+    """One int for (customer, service): a dict key of 28 bytes instead of a tuple's 120."""
+    return customer << 2 | service
 
 
 class ConfigView:
+    """The parts of the configuration the worker uses, compactly (a worker of 100,000
+    customers holds 700,000 of them): per fingerprint (customer, service type) of its active
+    key; per (customer, service) the rate allowance; per customer the spend policy."""
+
     def __init__(self) -> None:
-        self.keys: dict[int, ApiKeyState] = {}
-        self.instances: dict[tuple[int, ServiceType], InstanceState] = {}
-        self.customers: dict[int, CustomerState] = {}
+        self.keys: dict[int, tuple[int, int]] = {}
+        self.allowances: dict[int, int] = {}  # slot(customer, service) -> requests per second
+        self.policies: dict[int, SpendPolicy] = {}
         self.watchers: list[set[int]] = []  # one set per meter partition (subscribe)
+
+    def allowance(self, customer: int, service: int) -> int | None:
+        return self.allowances.get(slot(customer, service))
+
+    def policy(self, customer: int) -> SpendPolicy:
+        found = self.policies.get(customer)
+        return found if found is not None else DEFAULT_POLICY
 
     # -- applying topic records -------------------------------------------------------------
     def apply(self, logical_topic: str, key: bytes | None, value: bytes | None) -> None:
@@ -46,32 +67,33 @@ class ConfigView:
         try:
             if logical_topic == topics.METER_APIKEYS:
                 fp = int(key)
-                if value is None:
+                state = None if value is None else decode(ApiKeyState, value)
+                if state is None or state.status is not ApiKeyStatus.ACTIVE:
                     self.keys.pop(fp, None)
                 else:
-                    self.keys[fp] = decode(ApiKeyState, value)
+                    self.keys[fp] = (state.customer_id, int(state.service_type))
             elif logical_topic == topics.METER_INSTANCES:
                 customer, service = (int(part) for part in key.split(b":"))
-                slot = (customer, ServiceType(service))
                 if value is None:
-                    self.instances.pop(slot, None)
+                    self.allowances.pop(slot(customer, service), None)
                 else:
-                    self.instances[slot] = decode(InstanceState, value)
+                    inst = decode(InstanceState, value)
+                    self.allowances[slot(customer, service)] = allowance(inst.tier, inst.guaranteed_rps,
+                                                                         inst.burst_rps)
                 self._changed(customer)
             elif logical_topic == topics.METER_CUSTOMERS:
                 customer = int(key)
                 if value is None:
-                    self.customers.pop(customer, None)
+                    self.policies.pop(customer, None)
                 else:
-                    self.customers[customer] = decode(CustomerState, value)
+                    c = decode(CustomerState, value)
+                    self.policies[customer] = SpendPolicy(
+                        cap_micros=c.spend_cap_micros, window=c.spend_window, balance_micros=c.balance_micros,
+                        committed_micros=c.committed_charges_micros)
                 self._changed(customer)
         except (WireError, ValueError) as exc:
             # a bad config record must not stop metering; the previous state stays
             log.error("config record ignored", topic=logical_topic, error=str(exc))
-
-    def apply_many(self, logical_topic: str, records: Iterable[tuple[bytes | None, bytes | None]]) -> None:
-        for key, value in records:
-            self.apply(logical_topic, key, value)
 
     def subscribe(self) -> set[int]:
         """A set that collects the ids of customers whose configuration changes."""
@@ -86,6 +108,9 @@ class ConfigView:
         for watcher in self.watchers:
             watcher.add(customer)
 
+    def apply_many(self, logical_topic: str, records: Iterable[tuple[bytes | None, bytes | None]]) -> None:
+        for key, value in records:
+            self.apply(logical_topic, key, value)
 
 class ConfigFollower:
     """Loads a ConfigView to the topics' end, then keeps it following them."""
@@ -113,8 +138,8 @@ class ConfigFollower:
                 while [tp for tp, end in ends.items() if await self.consumer.position(tp) < end]:
                     await self._poll(500)
                 self.loaded.set()
-                log.info("config loaded", keys=len(self.view.keys), instances=len(self.view.instances),
-                         customers=len(self.view.customers))
+                log.info("config loaded", keys=len(self.view.keys), instances=len(self.view.allowances),
+                         customers=len(self.view.policies))
                 return
             except KafkaError as exc:
                 log.warning("config load failed, retrying", error=str(exc))

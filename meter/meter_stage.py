@@ -33,10 +33,9 @@ from meterstream.meter.aggregates import (
 )
 from meterstream.meter.clock import HOUR_MS, MINUTE_MS, SECOND_MS, floor_to
 from meterstream.meter.highwater import stream_key
-from meterstream.meter.rate import RateTracker, allowance
-from meterstream.meter.spend import SpendPolicy
+from meterstream.meter.config_view import ConfigView
+from meterstream.meter.rate import RateTracker
 from meterstream.meter.usage import count_request
-from meterstream.schemas.config import CustomerState
 from meterstream.schemas.enums import LimitKind, ServiceType, TrafficType
 from meterstream.schemas.limits import LimitEvent, event_id
 from meterstream.schemas.usage import COUNTS, UsageWindow
@@ -84,12 +83,10 @@ def region_of(server_id: int | None) -> int:
 
 
 class MeterPartition:
-    def __init__(self, partition: int, tables: Tables, customers: dict[int, CustomerState],
-                 instances: dict, rules: MeterRules | None = None) -> None:
+    def __init__(self, partition: int, tables: Tables, view: ConfigView, rules: MeterRules | None = None) -> None:
         self.partition = partition
         self.tables = tables
-        self.customers = customers
-        self.instances = instances
+        self.view = view
         self.rules = rules or MeterRules()
         self.watermark: int | None = tables.clocks.get(clock_key(partition))
         self.pending: dict[bytes, WindowState] = {}  # changed since last published
@@ -181,11 +178,10 @@ class MeterPartition:
         if customer == 0:
             return
 
-        instance = self.instances.get((customer, ServiceType(service)))
-        if instance is not None:
+        allowed = self.view.allowance(customer, service)
+        if allowed is not None:
             rkey = rate_key(customer, service, region_of(r.get("server_id")))
             rs = out.writes["rates"].get(rkey) or self.tables.rates.get(rkey)
-            allowed = allowance(instance.tier, instance.guaranteed_rps, instance.burst_rps)
             if rs is None:
                 rs = RateState(self.partition, RateTracker(allowed))
             rs.tracker.allowed = allowed
@@ -230,10 +226,7 @@ class MeterPartition:
 
     def _evaluate_spend(self, customer: int, ss: SpendState, out: BatchResult) -> None:
         assert self.watermark is not None
-        state = self.customers.get(customer) or CustomerState(customer_id=customer)
-        policy = SpendPolicy(cap_micros=state.spend_cap_micros, window=state.spend_window,
-                             balance_micros=state.balance_micros, committed_micros=state.committed_charges_micros)
-        for crossing in ss.tracker.evaluate(policy, self.watermark):
+        for crossing in ss.tracker.evaluate(self.view.policy(customer), self.watermark):
             out.events.append(crossing.event(customer))
 
     # -- usage windows -----------------------------------------------------------------------

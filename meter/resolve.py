@@ -6,26 +6,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meterstream.meter.clock import HOUR_MS, floor_to
-from meterstream.schemas.config import ApiKeyState
-from meterstream.schemas.enums import ApiKeyStatus, LimitKind, UnauthReason
+from meterstream.schemas.enums import LimitKind, UnauthReason
 from meterstream.schemas.limits import LimitEvent, event_id
 
 UNAUTHENTICATED = 0
 
 
-def resolve(keys: dict[int, ApiKeyState], api_key_fp: int | None,
+def resolve(keys: dict[int, tuple[int, int]], api_key_fp: int | None,
             service_type: int | None) -> tuple[int, UnauthReason | None]:
-    """(customer_id, None) for a valid key, else (0, the reason)."""
+    """(customer_id, None) for an active key of the record's service, else (0, the reason).
+    ``keys`` maps the fingerprints of active keys to (customer, service type); a revoked key
+    is a tombstone on meter.apikeys, so it is not there: an unknown key."""
     if api_key_fp is None:
         return UNAUTHENTICATED, UnauthReason.NO_KEY
-    state = keys.get(api_key_fp)
-    if state is None:
+    found = keys.get(api_key_fp)
+    if found is None:
         return UNAUTHENTICATED, UnauthReason.UNKNOWN_KEY
-    if state.status is not ApiKeyStatus.ACTIVE:
-        return UNAUTHENTICATED, UnauthReason.REVOKED_KEY
-    if service_type is not None and state.service_type != service_type:
+    if service_type is not None and found[1] != service_type:
         return UNAUTHENTICATED, UnauthReason.WRONG_SERVICE
-    return state.customer_id, None
+    return found[0], None
 
 
 @dataclass(slots=True)

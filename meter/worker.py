@@ -99,7 +99,7 @@ class Worker:
             processing_guarantee="at_least_once", topic_partitions=resolved_partitions,
             table_standby_replicas=0, web_enabled=False, datadir=datadir, topic_replication_factor=1,
             broker_commit_interval=cfg.commit_interval_s, consumer_auto_offset_reset="earliest",
-            stream_buffer_maxsize=max(4 * cfg.batch_records, 16_384), producer_linger=0.005,
+            stream_buffer_maxsize=2 * cfg.batch_records, producer_linger=0.005,
             producer_acks=-1, broker_client_id=f"{s.kafka.client_id}-worker",
             # a worker killed -9 leaves the group within 10 s, and its partitions move on
             broker_session_timeout=10.0, broker_heartbeat_interval=2.0,
@@ -270,8 +270,7 @@ class Worker:
             state["changed"] = self.view.subscribe()
             tables = Tables(**{name: StateTable(t.data.data, kind) for (name, t), kind
                                in zip(self.tables.items(), ("window", "rate", "spend", "clock"), strict=True)})
-            meter = state["meter"] = MeterPartition(partition, tables, self.view.customers, self.view.instances,
-                                                    self.rules)
+            meter = state["meter"] = MeterPartition(partition, tables, self.view, self.rules)
         records = [orjson.loads(event.message.value) for event in events]
         now = _now_ms()
         changed = set(state["changed"])

@@ -50,6 +50,7 @@ class RoundProducer:
         self._component = component
         self._latency = latency
         self._failures = failures
+        self._connecting = asyncio.Lock()
         self._producer: AIOKafkaProducer | None = None
         self._partitioner = DefaultPartitioner()
         self._partitions: dict[str, list[int]] = {}
@@ -115,8 +116,9 @@ class RoundProducer:
             await future  # the next batch of this partition only after this one is written
 
     async def _send_once(self, messages: list[Message]) -> None:
-        if self._producer is None:
-            self._producer = await self._connect()
+        async with self._connecting:  # rounds may be sent concurrently: connect once
+            if self._producer is None:
+                self._producer = await self._connect()
         producer = self._producer
         for topic in {m.topic for m in messages} - self._partitions.keys():
             found = await asyncio.wait_for(producer.partitions_for(topic), self._settings.produce.send_timeout_s)

@@ -33,7 +33,7 @@ def resolved(corpus, view: ConfigView) -> list[dict]:  # noqa: ANN001
 def run(records: list[dict], view: ConfigView, batch: int, tables: Tables | None = None,
         now: int | None = None) -> tuple[dict, list, dict, Tables]:
     tables = tables or Tables({}, {}, {}, {})
-    meter = MeterPartition(0, tables, view.customers, view.instances)
+    meter = MeterPartition(0, tables, view)
     usage: dict = {}
     events: list = []
     rejected: dict = {}
@@ -113,3 +113,29 @@ def test_resolution_reasons(view: ConfigView, corpus) -> None:  # noqa: ANN001
     assert resolve(view.keys, corpus.fps["k1001g"], ServiceType.SEAL) == (0, UnauthReason.WRONG_SERVICE)
     assert resolve(view.keys, corpus.fps["revoked"], ServiceType.SEAL) == (0, UnauthReason.UNKNOWN_KEY)
     assert resolve(view.keys, None, ServiceType.SEAL) == (0, UnauthReason.NO_KEY)
+
+
+def test_a_raised_cap_clears_the_breach_without_new_traffic(corpus) -> None:  # noqa: ANN001
+    from meterstream.schemas import topics
+    from meterstream.schemas.config import CustomerState
+    from meterstream.schemas.topics import key_of
+
+    view = ConfigView()
+    for topic, key, value in corpus.config:
+        view.apply(topic, key, value)
+    records = resolved(corpus, view)
+    tables = Tables({}, {}, {}, {})
+    meter = MeterPartition(0, tables, view)
+    changed = view.subscribe()
+    first = meter.process(records, time.time_ns() // 1_000_000, drained=True, changed_customers=set())
+    assert "2003:-:spend_cap_reached:rolling_30d:1" in {e.event_id for e in first.events}
+    for name, writes in first.writes.items():
+        getattr(tables, name).update(writes)
+    changed.clear()
+    raised = CustomerState(customer_id=2003, spend_cap_micros=200_000_000, committed_charges_micros=99_900_000,
+                           balance_micros=10**10)
+    view.apply(topics.METER_CUSTOMERS, key_of(raised), encode(raised))
+    assert changed == {2003}
+    after = meter.process([], time.time_ns() // 1_000_000, drained=True, changed_customers=set(changed))
+    assert [(e.event_id, e.observed, e.limit) for e in after.events] == [
+        ("2003:-:spend_cleared:rolling_30d:1", 100_000_500, 200_000_000)]  # 1,005 requests sent
