@@ -34,7 +34,7 @@ class RateCrossing:
     limit: int
 
 
-@dataclass
+@dataclass(slots=True)
 class RateTracker:
     allowed: int
     counts: dict[int, int] = field(default_factory=dict)  # epoch second -> requests

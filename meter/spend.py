@@ -62,7 +62,7 @@ class SpendCrossing:
                           at=self.at)
 
 
-@dataclass
+@dataclass(slots=True)
 class SpendTracker:
     billable_by_day: dict[int, int] = field(default_factory=dict)
     above: dict[LimitKind, bool] = field(default_factory=dict)  # threshold currently crossed

@@ -328,7 +328,6 @@ class Worker:
             else:
                 store.data[key] = value
                 out.append(Message(name, key, aggregates.dumps(value), partition=partition))
-            store._key_partition[key] = partition  # noqa: SLF001 - lets faust drop it when the partition leaves
         return out
 
     async def _write(self, table: faust.Table, partition: int, writes: dict[bytes, Any]) -> None:

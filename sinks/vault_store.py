@@ -1,0 +1,108 @@
+"""Where the vault goes: encrypted versions on disk with their row in ``vault_versions``, and
+the plain HAProxy map file beside them (SPEC §7).
+
+- The content is the canonical JSON of every entry (sorted keys, entries by customer id);
+  its SHA-256 is the content hash. A version is written only when the hash differs from the
+  latest version's.
+- A version file is ``vault-<version>.enc``: AES-256-GCM (``meterstream.crypto.Sealer``,
+  the `cryptography` library) of the canonical JSON, with the version number as associated
+  data, so a file renamed to another version does not decrypt.
+- Files are written to a temporary file in the same directory, flushed to disk, made
+  ``0600`` (never world-readable) and renamed over the target: a reader sees the old file or
+  the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+import asyncpg
+import orjson
+
+from meterstream.crypto import DecryptError, Sealer
+from meterstream.schemas.vault import VaultEntry
+
+FILE_MODE = 0o600
+_VERSION_FILE = re.compile(r"^vault-(\d+)\.enc$")
+
+
+def canonical(entries: list[VaultEntry]) -> bytes:
+    return orjson.dumps({f"customer:{e.customer_id}": e.model_dump(mode="json", exclude={"v"}) for e in entries},
+                        option=orjson.OPT_SORT_KEYS)
+
+
+def content_hash(content: bytes) -> str:
+    return hashlib.sha256(content).hexdigest()
+
+
+def write_atomically(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.chmod(tmp, mode)  # whatever the umask
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a crash
+    finally:
+        os.close(dir_fd)
+
+
+def _context(version: int) -> bytes:
+    return b"meterstream-vault:%d" % version
+
+
+class VaultStore:
+    def __init__(self, directory: Path, key_b64: str) -> None:
+        self.directory = directory
+        self.sealer = Sealer(key_b64)
+
+    def path_of(self, version: int) -> Path:
+        return self.directory / f"vault-{version:010d}.enc"
+
+    async def write_version(self, conn: asyncpg.Connection, entries: list[VaultEntry]) -> int | None:
+        """Writes a new version if the content changed; returns it (None: unchanged)."""
+        content = canonical(entries)
+        digest = content_hash(content)
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE vault_versions IN EXCLUSIVE MODE")  # one writer at a time
+            latest = await conn.fetchrow("SELECT version, content_hash FROM vault_versions "
+                                         "ORDER BY version DESC LIMIT 1")
+            if latest is not None and latest["content_hash"] == digest:
+                return None
+            version = 1 if latest is None else latest["version"] + 1
+            path = self.path_of(version)
+            self.directory.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, self.sealer.seal(content, _context(version)))
+            await conn.execute("INSERT INTO vault_versions (version, content_hash, customer_count, path) "
+                               "VALUES ($1, $2, $3, $4)", version, digest, len(entries), str(path))
+        return version
+
+    def decrypt(self, path: Path) -> bytes:
+        """The canonical JSON of a version file. Raises DecryptError with a clear message."""
+        match = _VERSION_FILE.match(path.name)
+        if match is None:
+            raise DecryptError(f"{path.name} is not a vault version file (vault-<version>.enc)")
+        try:
+            sealed = path.read_bytes()
+        except OSError as exc:
+            raise DecryptError(f"cannot read {path}: {exc.strerror}") from None
+        try:
+            return self.sealer.open(sealed, _context(int(match.group(1))))
+        except DecryptError:
+            raise DecryptError(f"cannot decrypt {path.name}: wrong vault key, or the file was altered "
+                               "or renamed") from None
+
+
+def map_text(lines: list[str]) -> bytes:
+    return ("\n".join(lines) + "\n").encode() if lines else b""
