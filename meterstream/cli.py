@@ -170,6 +170,48 @@ def worker(obj: Context, http_port: int | None, batch_records: int | None) -> No
     sys.exit(worker_mod.run(settings))
 
 
+@main.group(invoke_without_command=True)
+@click.option("--http-port", type=int, default=None, help="Port of /metrics and /healthz (0: any).")
+@click.option("--runtime-socket", "runtime_sockets", multiple=True,
+              help="HAProxy Runtime API socket to update live (repeatable; path or host:port).")
+@click.pass_context
+def vault(ctx: click.Context, http_port: int | None, runtime_sockets: tuple[str, ...]) -> None:
+    """Publish MA_VAULT: the HAProxy map (file, and live through the Runtime API), encrypted
+    versions recorded in vault_versions, and changed entries on vault.updates. Runs until
+    SIGTERM unless a subcommand is given."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from meterstream.service import serve
+    from meterstream.sinks.vault import Vault
+
+    obj: Context = ctx.obj
+    overrides: dict[str, Any] = {"runtime_sockets": list(runtime_sockets)} if runtime_sockets else {}
+    settings = _with(obj.settings, http={"port": http_port} if http_port is not None else {}, vault=overrides)
+    service = Vault(settings)
+    _run(serve("vault", settings, service.run, service.request_stop, service.health))
+
+
+@vault.command("decrypt")
+@click.argument("version_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the JSON here (mode 0600) instead of standard output.")
+@pass_ctx
+def vault_decrypt(obj: Context, version_file: Path, output: Path | None) -> None:
+    """Decrypt a vault version file (vault-<version>.enc) with the configured vault key."""
+    from meterstream.crypto import DecryptError
+    from meterstream.sinks.vault_store import VaultStore, write_atomically
+
+    store = VaultStore(version_file.parent, obj.settings.vault.key_b64.get_secret_value())
+    try:
+        content = store.decrypt(version_file)
+    except DecryptError as exc:
+        raise click.ClickException(str(exc)) from None
+    if output is None:
+        click.echo(content.decode())
+    else:
+        write_atomically(output, content)
+
+
 @main.command("sink-postgres")
 @click.option("--http-port", type=int, default=None, help="Port of /metrics and /healthz (0: any).")
 @pass_ctx

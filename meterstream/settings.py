@@ -129,6 +129,23 @@ class WorkerSettings(Section):
     datadir: str = Field(default="", description="faust's data directory; default: a temporary one")
 
 
+class VaultSettings(Section):
+    """`meterstream vault`: MA_VAULT versions, the HAProxy map, vault.updates."""
+
+    directory: str = Field(default="meterstream-vault", description="where versions and the map are written")
+    map_path: str = Field(default="", description="the HAProxy map file; default: <directory>/vault.map. "
+                                                  "HAProxy must load it under this same path (MS_VAULT_MAP)")
+    # AES-256-GCM key of the versions (base64 of 32 bytes). The default is for local development only.
+    key_b64: SecretStr = SecretStr("bWV0ZXJzdHJlYW0tZGV2LW9ubHktdmF1bHQta2V5ISE=")
+    runtime_sockets: list[str] = Field(default_factory=list,
+                                       description="HAProxy Runtime API sockets (paths or host:port) to update live")
+    interval_s: float = Field(default=30.0, gt=0, description="full rebuild period, besides notifications")
+    debounce_s: float = Field(default=0.05, ge=0, description="wait after a notification for more to arrive")
+
+    def map_file(self) -> Path:
+        return Path(self.map_path) if self.map_path else Path(self.directory) / "vault.map"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="MS_",
@@ -147,6 +164,7 @@ class Settings(BaseSettings):
     sync: SyncSettings = SyncSettings()
     sink: SinkSettings = SinkSettings()
     worker: WorkerSettings = WorkerSettings()
+    vault: VaultSettings = VaultSettings()
     log_level: str = "info"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
 

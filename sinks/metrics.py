@@ -13,3 +13,18 @@ BATCH_SECONDS = Histogram("meterstream_sink_batch_seconds", "One batch: staging 
                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 FAILURES = Counter("meterstream_sink_postgres_failures_total", "Batches retried because Postgres failed")
 LAG = Gauge("meterstream_sink_lag_messages", "Messages between the sink's position and the end", ["topic", "partition"])
+
+# -- vault ------------------------------------------------------------------------------------
+VAULT_VERSIONS = Counter("meterstream_vault_versions_total", "Vault versions written (content changed)")
+VAULT_BUILDS = Counter("meterstream_vault_builds_total", "Vault builds (notifications and periodic)")
+VAULT_BUILD_SECONDS = Histogram("meterstream_vault_build_seconds", "Reading Postgres and building the vault")
+VAULT_CUSTOMERS = Gauge("meterstream_vault_customers", "Customers in the vault, by status", ["status"])
+VAULT_MAP_WRITES = Counter("meterstream_vault_map_writes_total", "HAProxy map files written (content changed)")
+VAULT_RUNTIME_UPDATES = Counter("meterstream_vault_runtime_updates_total",
+                                "Maps replaced live through a Runtime API socket", ["outcome"])
+VAULT_UPDATES_PUBLISHED = Counter("meterstream_vault_updates_published_total",
+                                  "Changed entries (and tombstones) published to vault.updates")
+VAULT_PRODUCE_LATENCY = Histogram("meterstream_vault_produce_latency_seconds",
+                                  "From sending vault.updates to Kafka's acknowledgement")
+VAULT_PRODUCE_FAILURES = Counter("meterstream_vault_produce_failures_total", "vault.updates sends retried")
+VAULT_FAILURES = Counter("meterstream_vault_postgres_failures_total", "Postgres errors (retried with backoff)")

@@ -1,0 +1,52 @@
+"""The HAProxy Runtime API (the ``stats socket`` of deploy/haproxy/haproxy.cfg): replacing a
+map's whole content live, without a reload.
+
+``prepare map <map>`` opens a new, empty version; ``add map @<ver> <map> <key> <value>`` fills
+it; ``commit map @<ver> <map>`` makes it the map's content at once (lookups see the old
+content or the new, never a mix). Commands are sent several to a connection, separated by
+``;`` (the socket's non-interactive mode).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+COMMANDS_PER_CONNECTION = 200
+
+
+class RuntimeError_(RuntimeError):
+    pass
+
+
+async def _send(socket_path: str, command: str, timeout_s: float = 10.0) -> str:
+    if ":" in socket_path and not socket_path.startswith("/"):
+        host, port = socket_path.rsplit(":", 1)
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout_s)
+    else:
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(socket_path), timeout_s)
+    try:
+        writer.write(command.encode() + b"\n")
+        await writer.drain()
+        return (await asyncio.wait_for(reader.read(), timeout_s)).decode(errors="replace")
+    finally:
+        writer.close()
+
+
+async def replace_map(socket_path: str, map_name: str, lines: list[str]) -> int:
+    """Replaces the content of ``map_name`` (as HAProxy loaded it: its file path) with
+    ``lines`` (``key value``); returns the committed version."""
+    answer = await _send(socket_path, f"prepare map {map_name}")
+    found = re.search(r"New version created:\s*(\d+)", answer)
+    if found is None:
+        raise RuntimeError_(f"prepare map {map_name}: {answer.strip()}")
+    version = int(found.group(1))
+    for start in range(0, len(lines), COMMANDS_PER_CONNECTION):
+        chunk = lines[start:start + COMMANDS_PER_CONNECTION]
+        answer = await _send(socket_path, ";".join(f"add map @{version} {map_name} {line}" for line in chunk))
+        if answer.strip():  # add map answers nothing when it succeeds
+            raise RuntimeError_(f"add map @{version} {map_name}: {answer.strip()[:200]}")
+    answer = await _send(socket_path, f"commit map @{version} {map_name}")
+    if answer.strip():
+        raise RuntimeError_(f"commit map @{version} {map_name}: {answer.strip()[:200]}")
+    return version
