@@ -34,7 +34,7 @@ from meterstream.meter.aggregates import (
 from meterstream.meter.clock import HOUR_MS, MINUTE_MS, SECOND_MS, floor_to
 from meterstream.meter.highwater import stream_key
 from meterstream.meter.config_view import ConfigView
-from meterstream.meter.rate import RateTracker
+from meterstream.meter.rate import CLEAR_AFTER, RateTracker
 from meterstream.meter.usage import count_request
 from meterstream.schemas.enums import LimitKind, ServiceType, TrafficType
 from meterstream.schemas.limits import LimitEvent, event_id
@@ -47,6 +47,7 @@ class MeterRules:
     future_ms: int = 5 * MINUTE_MS  # events further ahead (of watermark and wall clock) are refused
     emit_every_ms: int = SECOND_MS  # a changed window is published at most this often (event time)
     rate_lateness_ms: int = 2 * SECOND_MS  # a second is judged once the watermark is this far past it
+    rate_clear_after_s: int = CLEAR_AFTER  # seconds under the allowance that clear a rate breach
 
 
 @dataclass
@@ -208,6 +209,7 @@ class MeterPartition:
             return  # no new second to judge
         self.judged_second = judge_to // 1000
         for rkey, rs in list(self.active_rates.items()):
+            rs.tracker.clear_after = self.rules.rate_clear_after_s
             before = (rs.tracker.next_second, rs.tracker.breached)
             crossings = rs.tracker.advance(judge_to)
             if (rs.tracker.next_second, rs.tracker.breached) != before:

@@ -42,6 +42,7 @@ class RateTracker:
     over_run: int = 0
     under_run: int = 0
     breached: bool = False
+    clear_after: int = CLEAR_AFTER  # a rule, not state: set from the worker's settings
 
     def hit(self, ts_ms: int, requests: int = 1) -> None:
         second = ts_ms // 1000
@@ -77,7 +78,7 @@ class RateTracker:
         if not self.breached and self.over_run >= EXCEED_AFTER:
             self.breached = True
             out.append(RateCrossing(LimitKind.RATE_EXCEEDED, second, count, self.allowed))
-        elif self.breached and self.under_run >= CLEAR_AFTER:
+        elif self.breached and self.under_run >= self.clear_after:
             self.breached = False
             out.append(RateCrossing(LimitKind.RATE_CLEARED, second, count, self.allowed))
 
@@ -86,8 +87,8 @@ class RateTracker:
         if gap <= 0:
             return
         self.over_run = 0
-        if self.breached and self.under_run + gap >= CLEAR_AFTER:
-            clearing = first + (CLEAR_AFTER - self.under_run) - 1
+        if self.breached and self.under_run + gap >= self.clear_after:
+            clearing = first + (self.clear_after - self.under_run) - 1
             self.breached = False
             out.append(RateCrossing(LimitKind.RATE_CLEARED, clearing, 0, self.allowed))
         self.under_run += gap

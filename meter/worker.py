@@ -78,7 +78,8 @@ class Worker:
         cfg = settings.worker
         self.view = ConfigView()
         self.follower = ConfigFollower(settings, self.view)
-        self.rules = MeterRules(retention_ms=int(cfg.retention_h * 3_600_000), future_ms=int(cfg.future_s * 1000))
+        self.rules = MeterRules(retention_ms=int(cfg.retention_h * 3_600_000), future_ms=int(cfg.future_s * 1000),
+                                rate_clear_after_s=cfg.rate_clear_after_s)
         self.recent: set[str] = set()  # event ids meter.breaches holds
         self.recent_loaded_at = 0.0
         self.recent_lock = asyncio.Lock()
