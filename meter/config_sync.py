@@ -176,6 +176,15 @@ class ConfigSync:
             return self.published.get(slot) is not None
         return self.published.get(slot) != value
 
+    async def publish_once(self) -> int:
+        """One full comparison and publication, then close (the local run uses it)."""
+        try:
+            await self._listen()
+            await self._read_published()
+            return await self.reconcile()
+        finally:
+            await self._reset()
+
     # -- the loop ----------------------------------------------------------------------------
     async def run(self) -> None:
         interval = self.settings.sync.reconcile_interval_s

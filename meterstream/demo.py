@@ -1,4 +1,6 @@
-"""The README's local run: everything on the embedded defaults, then a report from Postgres."""
+"""The README's local run: the whole pipeline on the embedded defaults over a sample log
+(sync-config -> tail -> worker -> sink-postgres -> vault), then a report read back from
+Postgres and the vault."""
 
 from __future__ import annotations
 
@@ -30,10 +32,16 @@ async def run(settings: Settings, say: Callable[[str], None], workdir: Path) -> 
         say(f"postgres: sample loaded from {sample.sample_file()} "
             f"({loaded.customers} customers, {loaded.instances} service instances, "
             f"{loaded.api_keys} API keys, {loaded.seal_keys} seal keys; existing rows kept)")
+        await _sync_config(settings, say)
         await _ingest(settings, say, workdir)
+        await _meter(settings, say, workdir)
         await _persist(conn, settings, say)
+        entries = await _vault(conn, settings, say, workdir)
         await _report(conn, say)
         await _report_logs(conn, settings, say)
+        await _report_usage(conn, say)
+        await _report_events(conn, say)
+        _report_vault(entries, say)
     finally:
         await conn.close()
 
@@ -134,4 +142,117 @@ async def _report_logs(conn, settings: Settings, say: Callable[[str], None]) -> 
     reasons = Counter(d["reason"] for d in dead)
     say(f"haproxy.logs.rejected: {len(dead)} dead letters"
         + (" (" + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())) + ")" if dead else ""))
-    say("(per-customer usage windows, limit events and the vault come with the meter worker and the vault)")
+
+
+
+async def _sync_config(settings: Settings, say: Callable[[str], None]) -> None:
+    from meterstream.meter.config_sync import ConfigSync
+
+    published = await ConfigSync(settings).publish_once()
+    say(f"sync-config: {published} configuration states published to meter.apikeys, meter.instances, "
+        "meter.customers")
+
+
+async def _meter(settings: Settings, say: Callable[[str], None], workdir: Path) -> None:
+    """`meterstream worker` (a faust worker, so its own process) until it has committed the
+    end of haproxy.logs and of meter.resolved; then SIGTERM."""
+    import asyncio
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from meterstream.kafka import end_offsets
+
+    log_path = workdir / "worker.log"
+    workdir.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "meterstream.cli", "--log-format", "json", "worker"],
+                                stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
+    group = f"{settings.kafka.topic_prefix}{settings.worker.app_id}"
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+    await admin.start()
+    started = time.monotonic()
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"meterstream worker exited with {proc.returncode}; see {log_path}")
+            if time.monotonic() - started > 180:
+                raise TimeoutError(f"the worker did not catch up within 180 s; see {log_path}")
+            committed = {(tp.topic, tp.partition): meta.offset
+                         for tp, meta in (await admin.list_consumer_group_offsets(group)).items()}
+            ends = {}
+            for name in (topics.HAPROXY_LOGS, topics.METER_RESOLVED):
+                topic = settings.topic(name)
+                ends.update({(topic, p): end for p, end in (await end_offsets(settings, topic)).items()})
+            if all(committed.get(tp, 0) >= end for tp, end in ends.items()):
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        await admin.close()
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 60)
+    usage = sum(1 for _ in await read_to_end(settings, settings.topic(topics.METER_USAGE)))
+    breaches = sum(1 for _ in await read_to_end(settings, settings.topic(topics.METER_BREACHES)))
+    say(f"worker: meterstream worker metered haproxy.logs in {time.monotonic() - started:.1f} s (exit {code}); "
+        f"meter.usage holds {usage} window updates, meter.breaches {breaches} limit events")
+
+
+async def _vault(conn, settings: Settings, say: Callable[[str], None], workdir: Path):  # noqa: ANN001, ANN202
+    from meterstream.sinks.vault import Vault
+
+    directory = Path(settings.vault.directory)
+    if not directory.is_absolute():
+        directory = workdir / directory
+    vault_settings = settings.model_copy(update={"vault": settings.vault.model_copy(
+        update={"directory": str(directory), "map_path": settings.vault.map_path or str(directory / "vault.map")})})
+    vault = Vault(vault_settings)
+    await vault.prepare()
+    state = await vault.build_once(conn)
+    await vault.producer.stop()
+    latest = await conn.fetchrow("SELECT version, content_hash, path FROM vault_versions ORDER BY version DESC LIMIT 1")
+    say(f"vault: version {latest['version']} ({latest['path']}, sha256 {latest['content_hash'][:12]}...), "
+        f"HAProxy map {vault.map_path} ({len(state.map_lines)} keys); "
+        f"read it back with: meterstream vault decrypt {latest['path']}")
+    return state.entries
+
+
+async def _report_usage(conn, say: Callable[[str], None]) -> None:  # noqa: ANN001
+    rows = await conn.fetch(
+        """SELECT u.customer_id, COALESCE(c.name, '(unauthenticated)') AS name, u.service_type,
+                  sum(u.requests)::bigint AS requests, sum(u.billable_requests)::bigint AS billable,
+                  sum(u.client_errors)::bigint AS c4xx, sum(u.server_errors)::bigint AS c5xx
+           FROM usage_records u LEFT JOIN customers c USING (customer_id)
+           GROUP BY 1, 2, 3 ORDER BY 1, 3""")
+    say("")
+    say("usage per customer (usage_records, rolled up from the worker's minute windows):")
+    say(f"  {'customer':>10}  {'name':<20} {'service':<8} {'requests':>8} {'billable':>8} {'4xx':>5} {'5xx':>5}"
+        f" {'charges':>10}")
+    for r in rows:
+        service = ServiceType(r["service_type"]).name.lower()
+        charges = format_cents(r["billable"] // 100)  # 100 µ$ a billable request: 1 cent per 100
+        say(f"  {r['customer_id']:>10}  {r['name']:<20} {service:<8} {r['requests']:>8} {r['billable']:>8} "
+            f"{r['c4xx']:>5} {r['c5xx']:>5} {charges:>10}")
+
+
+async def _report_events(conn, say: Callable[[str], None]) -> None:  # noqa: ANN001
+    rows = await conn.fetch("SELECT event_id, kind, customer_id, observed, limit_value, window_label "
+                            "FROM limit_events ORDER BY at, event_id")
+    say("")
+    say(f"limit events (limit_events, {len(rows)}):")
+    for r in rows:
+        unit = "µ$" if r["kind"].startswith(("spend", "balance")) else ""
+        say(f"  {r['kind']:<18} customer {r['customer_id']:>10}  observed {r['observed']}{unit} "
+            f"limit {r['limit_value']}{unit}  ({r['event_id']})")
+
+
+def _report_vault(entries: list, say: Callable[[str], None]) -> None:
+    say("")
+    say("the vault (MA_VAULT) as HAProxy enforces it:")
+    for e in entries:
+        services = ", ".join(f"{name} {s.tier.value} {s.guaranteed_rps} rps" + ("" if s.enabled else " (disabled)")
+                             for name, s in sorted(e.services.items()))
+        say(f"  customer:{e.customer_id:<10} {e.status.value:<9} {len(e.api_keys)} keys; {services}")

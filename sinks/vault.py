@@ -34,7 +34,7 @@ from meterstream.service import FailureClock
 from meterstream.settings import Settings
 from meterstream.sinks import metrics
 from meterstream.sinks.haproxy_runtime import replace_map
-from meterstream.sinks.vault_state import build
+from meterstream.sinks.vault_state import VaultState, build
 from meterstream.sinks.vault_store import VaultStore, map_text, write_atomically
 
 log = logs.get(__name__)
@@ -66,7 +66,8 @@ class Vault:
     def _notified(self, *_: object) -> None:
         self.wake.set()
 
-    async def run(self) -> None:
+    async def prepare(self) -> None:
+        """What vault.updates and the map file hold already."""
         name = self.settings.topic(topics.VAULT_UPDATES)
         for key, value in await read_to_end(self.settings, name):
             if key is not None:
@@ -76,6 +77,9 @@ class Vault:
                     self.published[int(key)] = value
         if self.map_path.exists():
             self.map_content = self.map_path.read_bytes()
+
+    async def run(self) -> None:
+        await self.prepare()
         attempt = 0
         while not self.stop_requested.is_set():
             conn: asyncpg.Connection | None = None
@@ -107,7 +111,7 @@ class Vault:
                     await conn.close()
         await self.producer.stop()
 
-    async def build_once(self, conn: asyncpg.Connection) -> None:
+    async def build_once(self, conn: asyncpg.Connection) -> VaultState:
         started = time.perf_counter()
         state = await build(conn)
         metrics.VAULT_BUILDS.inc()
@@ -149,3 +153,4 @@ class Vault:
             await self.producer.send_round(changed + gone)
             metrics.VAULT_UPDATES_PUBLISHED.inc(len(changed) + len(gone))
             self.published = current
+        return state

@@ -60,7 +60,7 @@ async def test_snapshot_changes_tombstones_and_healing(
             customers = await view(ms_topics, "meter.customers")
             assert customers[b"907305217"] == {
                 "v": 1, "customer_id": 907305217, "status": "active", "spend_cap_micros": 100_000_000,
-                "spend_window": "calendar_month", "balance_micros": 25_000_000, "committed_charges_micros": 0}
+                "spend_window": "calendar_month", "balance_micros": 25_000_000, "committed_charges_micros": 90_000_000}
         await eventually(snapshot)
         acme_seal = fingerprint_of_hash(key_hash(secret, "SacmeSealDemoKey00000000000000001"))
         keys = await view(ms_topics, "meter.apikeys")
