@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["ingest", "worker", "sink"]
+BENCHMARKS = ["ingest", "worker", "sink", "e2e"]
 
 
 def main() -> None:

@@ -9,10 +9,15 @@ import subprocess
 import uuid
 from pathlib import Path
 
+from collections.abc import Iterable
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from meterstream.devservices import DevServices
 from meterstream.devservices.system import ensure_debian, read_pid
+from meterstream.schemas.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = Path(os.environ.get("MS_BENCH_DIR", "/tmp/meterstream-bench"))
@@ -71,6 +76,42 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+async def produce_all(bootstrap: str, messages: Iterable[tuple[str, bytes | None, bytes]]) -> int:
+    """Sends (topic, key, value) messages fast (acks=all), waiting for all; returns how many."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=900_000)
+    await producer.start()
+    sent = 0
+    try:
+        pending = []
+        for topic, key, value in messages:
+            pending.append(await producer.send(topic, value, key=key))
+            sent += 1
+            if len(pending) >= 20_000:
+                await asyncio.gather(*pending)
+                pending.clear()
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def fresh_db(admin_dsn: str) -> str:
+    """A new, migrated database; returns its DSN."""
+    name = f"bench_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await admin.close()
+    dsn = admin_dsn.rsplit("/", 1)[0] + "/" + name
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    return dsn
 
 
 def run_async(coro):  # noqa: ANN001, ANN201

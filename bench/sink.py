@@ -20,12 +20,10 @@ import time
 import uuid
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
 
-from bench.common import WORK, peak_rss_mib, pin_broker, services, unpin_broker
+from bench.common import WORK, fresh_db, peak_rss_mib, pin_broker, produce_all, services, unpin_broker
 from meterstream import settings as settings_mod
 from meterstream.kafka import ensure_topics
-from meterstream.schemas.migrate import migrate
 from meterstream.schemas.records import LogRecord, SourcePosition
 from meterstream.schemas.topics import key_of
 from meterstream.schemas.wire import encode
@@ -41,37 +39,8 @@ def record(i: int) -> LogRecord:
 
 
 async def produce(settings: settings_mod.Settings, rows: int) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", linger_ms=20,
-                                max_batch_size=900_000)
-    await producer.start()
-    try:
-        topic = settings.topic("haproxy.logs")
-        pending = []
-        for i in range(rows):
-            r = record(i)
-            pending.append(await producer.send(topic, encode(r), key=key_of(r)))
-            if len(pending) >= 20_000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
-
-
-async def fresh_db(admin_dsn: str) -> str:
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = admin_dsn.rsplit("/", 1)[0] + "/" + name
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    return dsn
+    topic = settings.topic("haproxy.logs")
+    await produce_all(settings.kafka.bootstrap, ((topic, key_of(r), encode(r)) for r in map(record, range(rows))))
 
 
 async def main_async(rows: int, dev) -> None:  # noqa: ANN001

@@ -25,9 +25,9 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.common import WORK, peak_rss_mib, services
+from bench.common import WORK, peak_rss_mib, produce_all, services
 from meterstream import settings as settings_mod
 from meterstream.kafka import ensure_topics, partitions_of
 from meterstream.meter.config_view import ConfigView
@@ -42,22 +42,9 @@ from tests.corpus import build
 
 
 async def produce(settings: settings_mod.Settings, config: list, records: list[tuple[bytes, bytes]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", linger_ms=20,
-                                max_batch_size=900_000)
-    await producer.start()
-    try:
-        pending = []
-        for topic, key, value in config:
-            pending.append(await producer.send(settings.topic(topic), value, key=key))
-        logs = settings.topic(topics.HAPROXY_LOGS)
-        for key, value in records:
-            pending.append(await producer.send(logs, value, key=key))
-            if len(pending) >= 20_000:
-                await asyncio.gather(*pending)
-                pending.clear()
-        await asyncio.gather(*pending)
-    finally:
-        await producer.stop()
+    logs = settings.topic(topics.HAPROXY_LOGS)
+    await produce_all(settings.kafka.bootstrap, [*((settings.topic(t), k, v) for t, k, v in config),
+                                                 *((logs, k, v) for k, v in records)])
 
 
 async def bare_loop(settings: settings_mod.Settings, config: list, total: int) -> float:

@@ -21,7 +21,9 @@ whose id meter.breaches already holds (read back at start) is not published agai
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Iterable
@@ -94,7 +96,10 @@ class Worker:
     # -- the app -----------------------------------------------------------------------------
     def build(self, logs_partitions: int, resolved_partitions: int) -> faust.App:
         s, cfg = self.settings, self.settings.worker
-        datadir = cfg.datadir or tempfile.mkdtemp(prefix="meterstream-worker-")
+        datadir = cfg.datadir
+        if not datadir:  # the memory store keeps nothing there worth keeping
+            datadir = tempfile.mkdtemp(prefix="meterstream-worker-")
+            atexit.register(shutil.rmtree, datadir, True)
         app = faust.App(
             f"{s.kafka.topic_prefix}{cfg.app_id}", broker=f"kafka://{s.kafka.bootstrap}", store="memory://",
             processing_guarantee="at_least_once", topic_partitions=resolved_partitions,

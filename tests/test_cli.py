@@ -107,17 +107,25 @@ async def test_demo_runs_the_pipeline_and_is_idempotent(tmp_path: Path, services
         first = meterstream("demo", "--workdir", str(tmp_path / "demo"), env=env)
         assert first.returncode == 0, first.stderr
         assert "sink-postgres: haproxy_raw_logs holds 601 rows" in first.stdout
-        assert "haproxy.logs.rejected: 2 dead letters (1 not_json, 1 unknown_format)" in first.stdout
+        # the httplog line has no service type: in the raw logs, refused by the meter
+        assert "haproxy.logs.rejected: 3 dead letters (1 not_json, 1 unknown_format, 1 unmeterable)" in first.stdout
         assert "Acme Analytics" in first.stdout and "(unknown key)" in first.stdout
+        assert "balance_exhausted  customer  907305217" in first.stdout
+        assert "customer:907305217  suspended" in first.stdout and "customer:184467441  active" in first.stdout
+        assert "vault: version 1 " in first.stdout
         second = meterstream("demo", "--workdir", str(tmp_path / "demo"), env=env)
         assert second.returncode == 0, second.stderr
         assert "read 0 new bytes" in second.stdout and "holds 601 rows" in second.stdout
+        assert "vault: version 1 " in second.stdout  # same content: no new version
         conn = await asyncpg.connect(services.dsn(name))
         try:
             assert await conn.fetchval("SELECT count(*) FROM customers") == 3
             refused = await conn.fetchval("SELECT count(*) FROM haproxy_raw_logs r JOIN api_keys k USING "
                                            "(api_key_fp) WHERE k.status = 'revoked' AND r.status_code = 401")
             assert refused > 0  # the revoked key's requests are refused, as HAProxy would
+            # every metered request is in the usage exactly once, after two runs
+            assert await conn.fetchval("SELECT sum(requests) FROM usage_records") == 600
+            assert await conn.fetchval("SELECT sum(requests) FROM usage_minutes") == 600
         finally:
             await conn.close()
     finally:

@@ -1,0 +1,173 @@
+"""End-to-end benchmark (issue 6): the whole pipeline on this machine.
+
+    python -m bench.e2e [--rates 1000,2000,4000,8000] [--step-s 20] [--breaches 5]
+
+1. Sustained rate: HAProxy log lines (deploy/haproxy/haproxy.cfg's JSON format, the sample
+   customers' keys) are appended to a file at a fixed rate while `meterstream tail`,
+   `meterstream worker` and `meterstream sink-postgres` run; for each rate, the backlog
+   (records on haproxy.logs not yet committed by the worker, and not yet stored by the sink)
+   is sampled over the step. A rate is kept up with when the backlog does not grow.
+2. Breach to 403: the closed loop of tests/test_closed_loop.py with a real HAProxy, timed from
+   the request that reaches the spend cap to HAProxy's first 403, several times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import asyncpg
+from aiokafka.admin import AIOKafkaAdminClient
+
+from bench.common import WORK, fresh_db, services
+from meterstream import sample
+from meterstream import settings as settings_mod
+from meterstream.kafka import end_offsets, ensure_topics
+from meterstream.meter.config_sync import ConfigSync
+from meterstream.schemas.apikeys import fingerprint_of_hash, fingerprint_to_hex, key_hash
+
+LINE = ('{{"ts":{s}.{ms:03d},"request_id":"{rid}","client_ip":"192.0.2.7","api_key_fp":"{fp}",'
+        '"service_type":"1","network":"1","server_id":"17","fe_type":"2","traffic_type":"1",'
+        '"event_type":"0","key_metadata":"S","status":200,"bytes_sent":"1234","path":"v1\\/fetch_k",'
+        '"TR":0,"Tw":0,"Tc":1,"Tr":3,"Ta":5,"backend_id":"3","termination_state":"----",'
+        '"config_hex":"00000000"}}\n')
+
+
+def writer(path: Path, rate: int, seconds: float, fps: list[str], tag: str) -> int:
+    """Appends ``rate`` lines a second for ``seconds``, in 20 slices a second."""
+    n = 0
+    started = time.monotonic()
+    with open(path, "a", buffering=1 << 20) as out:
+        while (elapsed := time.monotonic() - started) < seconds:
+            due = int(rate * elapsed) - n
+            if due > 0:
+                now = time.time()
+                s, ms = int(now), int(now * 1000) % 1000
+                out.write("".join(LINE.format(s=s, ms=ms, rid=f"{tag}-{n + i}", fp=fps[(n + i) % len(fps)])
+                                  for i in range(due)))
+                out.flush()
+                n += due
+            time.sleep(0.05)
+    return n
+
+
+async def backlog(settings: settings_mod.Settings, dsn: str) -> tuple[int, int]:
+    """(records on haproxy.logs the worker has not committed, records the sink has not stored)."""
+    topic = settings.topic("haproxy.logs")
+    ends = await end_offsets(settings, topic)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+    await admin.start()
+    try:
+        committed = {tp.partition: m.offset for tp, m in
+                     (await admin.list_consumer_group_offsets(f"{settings.kafka.topic_prefix}meterstream-worker")).items()
+                     if tp.topic == topic}
+    finally:
+        await admin.close()
+    conn = await asyncpg.connect(dsn)
+    try:
+        stored = {r["partition"]: r["next_offset"] for r in await conn.fetch(
+            "SELECT partition, next_offset FROM sink_offsets WHERE topic = $1", topic)}
+    finally:
+        await conn.close()
+    return (sum(max(end - committed.get(p, 0), 0) for p, end in ends.items()),
+            sum(max(end - stored.get(p, 0), 0) for p, end in ends.items()))
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-m", "meterstream.cli", "--log-format", "json", *args],
+                                env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+
+
+async def sustained(dev, rates: list[int], step_s: float) -> None:  # noqa: ANN001
+    dsn = await fresh_db(dev.postgres.dsn.rsplit("/", 1)[0] + "/postgres")
+    name = dsn.rsplit("/", 1)[1]
+    settings = settings_mod.load(None, kafka={"bootstrap": dev.kafka.bootstrap,
+                                              "topic_prefix": f"bench.e{uuid.uuid4().hex[:6]}."},
+                                 postgres={"dsn": dsn})
+    conn = await asyncpg.connect(dsn)
+    await sample.load(conn, settings)
+    await conn.close()
+    await ensure_topics(settings, partitions=4)
+    await ConfigSync(settings).publish_once()
+    secret = base64.b64decode(settings.keys.key_secret_b64.get_secret_value())
+    keys = ["SacmeSealDemoKey00000000000000001", "SinitechSealDemoKey00000000000001"]
+    fps = [fingerprint_to_hex(fingerprint_of_hash(key_hash(secret, k))) for k in keys]
+    work = WORK / "e2e"
+    work.mkdir(parents=True, exist_ok=True)
+    log = work / f"haproxy-{name}.log"
+    log.touch()
+    env = {"MS_KAFKA__BOOTSTRAP": settings.kafka.bootstrap, "MS_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+           "MS_POSTGRES__DSN": dsn}
+    procs = [start(["tail", str(log), "--checkpoint", str(work / f"{name}.cp")], env, work / "tail.log"),
+             start(["worker"], env, work / "worker.log"),
+             start(["sink-postgres"], env, work / "sink.log")]
+    try:
+        await asyncio.sleep(12)  # the worker joins its group
+        print(f"{'lines/s':>8} {'worker backlog start -> end':>28} {'sink backlog start -> end':>26}  verdict")
+        kept = 0
+        for rate in rates:
+            thread = threading.Thread(target=writer, args=(log, rate, step_s, fps, f"r{rate}"))
+            thread.start()
+            await asyncio.sleep(step_s * 0.25)
+            first = await backlog(settings, dsn)
+            await asyncio.sleep(step_s * 0.7)
+            last = await backlog(settings, dsn)
+            thread.join()
+            growing = last[0] - first[0] > rate * 1.0 or last[1] - first[1] > rate * 1.0
+            print(f"{rate:>8} {first[0]:>12} -> {last[0]:<12} {first[1]:>10} -> {last[1]:<12}  "
+                  f"{'falls behind' if growing else 'keeps up'}")
+            if growing:
+                break
+            kept = rate
+            for _ in range(60):  # drain before the next step
+                if max(await backlog(settings, dsn)) == 0:
+                    break
+                await asyncio.sleep(1)
+        print(f"sustained: the pipeline keeps up with {kept:,} requests/s (tail + worker + sink, one process each)")
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(60)
+
+
+def breach_to_403(times: int) -> None:
+    env = {**os.environ}
+    latencies = []
+    for _ in range(times):
+        out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
+                              "tests/test_closed_loop.py"], cwd=Path(__file__).resolve().parent.parent, env=env,
+                             capture_output=True, text=True)
+        found = [line for line in out.stdout.splitlines() if line.startswith("breach -> first 403:")]
+        if out.returncode != 0 or not found:
+            print(out.stdout[-2000:])
+            raise RuntimeError("the closed-loop run failed")
+        latencies.append(float(found[0].split()[-2]))
+    latencies.sort()
+    print(f"breach -> first 403 over {times} closed-loop runs: median {latencies[len(latencies) // 2]:.2f} s, "
+          f"max {latencies[-1]:.2f} s (goal <= 5 s)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rates", default="1000,2000,4000,8000,16000")
+    parser.add_argument("--step-s", type=float, default=20.0)
+    parser.add_argument("--breaches", type=int, default=3)
+    args = parser.parse_args()
+    dev = services()
+    asyncio.run(sustained(dev, [int(r) for r in args.rates.split(",")], args.step_s))
+    breach_to_403(args.breaches)
+
+
+if __name__ == "__main__":
+    main()
