@@ -95,7 +95,7 @@ class RoundProducer:
         if cached is None:
             partitions = self._partitions[topic]
             cached = self._partitioner(key, partitions, partitions)
-            if len(self._partition_of) > 1_000_000:
+            if len(self._partition_of) > 100_000:  # bounded: keys like usage windows rarely repeat
                 self._partition_of.clear()
             self._partition_of[(topic, key)] = cached
         return cached

@@ -11,6 +11,8 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from meterstream.schemas import LimitEvent, LimitKind, UsageWindow
+from meterstream.schemas.enums import Network, ServiceType
 from meterstream.schemas.topics import key_of
 from meterstream.schemas.wire import encode
 from meterstream.settings import Settings
@@ -25,13 +27,19 @@ def record(i: int):  # noqa: ANN201
                                   "ts": LOG.ts + i, "src": LOG.src.model_copy(update={"offset": i * 100})})
 
 
-async def produce(settings: Settings, ids: list[int], extra: list[bytes] = ()) -> int:  # noqa: B006
+async def produce(settings: Settings, ids: list[int], extra: list[bytes] = (),  # noqa: B006
+                  values: list = ()) -> int:  # noqa: B006
+    """Sends records ``ids`` to haproxy.logs, ``extra`` raw junk there, and ``values`` (usage
+    windows, limit events) to their topics."""
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", enable_idempotence=True)
     await producer.start()
     try:
         topic = settings.topic("haproxy.logs")
         futures = [await producer.send(topic, encode(record(i)), key=key_of(record(i))) for i in ids]
         futures += [await producer.send(topic, raw, key=b"junk") for raw in extra]
+        for value in values:
+            name = "meter.usage" if isinstance(value, UsageWindow) else "meter.breaches"
+            futures.append(await producer.send(settings.topic(name), encode(value), key=key_of(value)))
         await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -94,6 +102,20 @@ async def test_exactly_once_through_kill_9_and_a_postgres_restart(
     pg = await asyncpg.connect(pg_dsn)  # its own: the restart below breaks every connection
     rng = random.Random(5)
     truth: set[int] = set()
+    hour = 1_795_600_800_000 - 1_795_600_800_000 % 3_600_000
+
+    def windows(step: int) -> list[UsageWindow]:  # each step supersedes the last; a stale one follows
+        def w(minute: int, revision: int) -> UsageWindow:
+            return UsageWindow(customer_id=42, service_type=ServiceType.SEAL, network=Network.MAINNET,
+                               window_start=hour + minute * 60_000, revision=revision,
+                               requests=revision * 10 + minute, billable=revision * 5, bytes_sent=revision * 100)
+        return [w(m, step + 1) for m in range(10)] + ([w(m, step) for m in range(0, 10, 3)] if step else [])
+
+    def events(step: int) -> list[LimitEvent]:
+        fresh = [LimitEvent(event_id=f"42:-:spend_warning:s{step}:{i}", customer_id=42, kind=LimitKind.SPEND_WARNING,
+                            observed=80, limit=80, window=f"s{step}:{i}", at=hour) for i in range(20)]
+        return fresh + fresh[:5]  # repeats
+
     sent = 0
     proc = sink(ms_topics, pg_dsn, tmp_path).start()
     for step in range(8):
@@ -103,7 +125,7 @@ async def test_exactly_once_through_kill_9_and_a_postgres_restart(
         ids = list(range(step * 4_000, (step + 1) * 4_000))
         ids += rng.sample(ids, 400)  # repeats within the step
         truth.update(ids)
-        sent += await produce(ms_topics, ids)
+        sent += await produce(ms_topics, ids, values=windows(step) + events(step))
         await asyncio.sleep(rng.uniform(0.3, 1.2))
         if step in (1, 3, 6):
             proc.kill9()
@@ -125,6 +147,12 @@ async def test_exactly_once_through_kill_9_and_a_postgres_restart(
         got = await pg.fetch("SELECT request_id FROM haproxy_raw_logs")
         assert len(got) == len(truth)
         assert {r["request_id"] for r in got} == {f"r-{i:08d}" for i in truth}
+        # usage: the last revision of every window, and the hour rolled up from them
+        minutes = await pg.fetch("SELECT window_start, requests, revision FROM usage_minutes ORDER BY window_start")
+        assert [(r["requests"], r["revision"]) for r in minutes] == [(80 + m, 8) for m in range(10)]
+        assert await pg.fetchval("SELECT requests FROM usage_records") == sum(80 + m for m in range(10))
+        # limit events: each id once
+        assert await pg.fetchval("SELECT count(*) FROM limit_events") == 8 * 20
     finally:
         assert proc.terminate() == 0
         await pg.close()
@@ -133,9 +161,6 @@ async def test_exactly_once_through_kill_9_and_a_postgres_restart(
 async def test_usage_windows_roll_up_and_limit_events_once(
     ms_topics: Settings, pg_dsn: str, pg: asyncpg.Connection, tmp_path: Path
 ) -> None:
-    from meterstream.schemas import LimitEvent, LimitKind, UsageWindow
-    from meterstream.schemas.enums import Network, ServiceType
-
     hour = 1_795_600_800_000  # 2026-11-25T07:20:00Z is inside; the hour starts at 07:00
     hour -= hour % 3_600_000
 
