@@ -90,10 +90,11 @@ class MeterPartition:
         self.view = view
         self.rules = rules or MeterRules()
         self.watermark: int | None = tables.clocks.get(clock_key(partition))
-        self.pending: dict[bytes, WindowState] = {}  # changed since last published
-        self.open: dict[int, dict[bytes, WindowState]] = {}  # minute -> windows not yet final
+        # indexes hold keys only: the values stay in the tables (serialized in the worker)
+        self.pending: set[bytes] = set()  # windows changed since last published
+        self.open: dict[int, set[bytes]] = {}  # minute -> windows not yet final
         self.minutes: dict[int, set[bytes]] = {}  # minute -> every window kept, for retention
-        self.active_rates: dict[bytes, RateState] = {}  # trackers with seconds to judge or breached
+        self.active_rates: set[bytes] = set()  # trackers with seconds to judge, or breached
         self.last_flush: int | None = None
         self.judged_second: int | None = None
         self._recover()
@@ -106,12 +107,18 @@ class MeterPartition:
             minute = int(key.rsplit(b":", 1)[1])
             self.minutes.setdefault(minute, set()).add(key)
             if ws.final_revision < ws.revision:
-                self.open.setdefault(minute, {})[key] = ws
+                self.open.setdefault(minute, set()).add(key)
             if ws.emitted_revision < ws.revision:
-                self.pending[key] = ws
+                self.pending.add(key)
         for key, rs in list(self.tables.rates.items()):
             if rs.partition == self.partition and (rs.tracker.counts or rs.tracker.breached):
-                self.active_rates[key] = rs
+                self.active_rates.add(key)
+
+    def _window(self, key: bytes, out: BatchResult) -> WindowState | None:
+        return out.writes["windows"].get(key) or self.tables.windows.get(key)
+
+    def _rate(self, key: bytes, out: BatchResult) -> RateState | None:
+        return out.writes["rates"].get(key) or self.tables.rates.get(key)
 
     # -- one batch ---------------------------------------------------------------------------
     def process(self, records: list[dict[str, Any]], now_ms: int, drained: bool,
@@ -159,15 +166,15 @@ class MeterPartition:
 
         minute = ts - ts % MINUTE_MS
         wkey = window_key(customer, service, network, minute)
-        ws = out.writes["windows"].get(wkey) or self.tables.windows.get(wkey)
+        ws = self._window(wkey, out)
         if ws is None:
             ws = WindowState(self.partition)
             self.minutes.setdefault(minute, set()).add(wkey)
         if ws.seen.apply(stream, offset, ts):
             count_request(ws.totals, r["traffic_type"], r["status"], r["bytes_sent"], r.get("Ta", -1))
             ws.revision += 1
-            self.pending[wkey] = ws
-            self.open.setdefault(minute, {})[wkey] = ws
+            self.pending.add(wkey)
+            self.open.setdefault(minute, set()).add(wkey)
             out.writes["windows"][wkey] = ws
             out.applied += 1
         else:
@@ -182,13 +189,13 @@ class MeterPartition:
         allowed = self.view.allowance(customer, service)
         if allowed is not None:
             rkey = rate_key(customer, service, region_of(r.get("server_id")))
-            rs = out.writes["rates"].get(rkey) or self.tables.rates.get(rkey)
+            rs = self._rate(rkey, out)
             if rs is None:
                 rs = RateState(self.partition, RateTracker(allowed))
             rs.tracker.allowed = allowed
             if rs.seen.apply(stream, offset, ts):
                 rs.tracker.hit(ts)
-                self.active_rates[rkey] = rs
+                self.active_rates.add(rkey)
                 out.writes["rates"][rkey] = rs
 
         status = r["status"]
@@ -208,14 +215,18 @@ class MeterPartition:
         if judge_to // 1000 == self.judged_second:
             return  # no new second to judge
         self.judged_second = judge_to // 1000
-        for rkey, rs in list(self.active_rates.items()):
+        for rkey in list(self.active_rates):
+            rs = self._rate(rkey, out)
+            if rs is None:
+                self.active_rates.discard(rkey)
+                continue
             rs.tracker.clear_after = self.rules.rate_clear_after_s
             before = (rs.tracker.next_second, rs.tracker.breached)
             crossings = rs.tracker.advance(judge_to)
             if (rs.tracker.next_second, rs.tracker.breached) != before:
                 out.writes["rates"][rkey] = rs
             if not rs.tracker.counts and not rs.tracker.breached:
-                del self.active_rates[rkey]
+                self.active_rates.discard(rkey)
             if not crossings:
                 continue
             customer, service, region = (int(part) for part in rkey.split(b":"))
@@ -238,16 +249,19 @@ class MeterPartition:
         closing = [m for m in self.open if m + MINUTE_MS <= wm]
         due = drained or self.last_flush is None or wm - self.last_flush >= self.rules.emit_every_ms
         if due:
-            for key, ws in self.pending.items():
-                minute = int(key.rsplit(b":", 1)[1])
-                self._emit(key, ws, final=minute + MINUTE_MS <= wm, out=out)
+            for key in self.pending:
+                ws = self._window(key, out)
+                if ws is not None:
+                    minute = int(key.rsplit(b":", 1)[1])
+                    self._emit(key, ws, final=minute + MINUTE_MS <= wm, out=out)
             self.pending.clear()
             self.last_flush = wm
         for minute in closing:
-            for key, ws in self.open.pop(minute).items():
-                if ws.final_revision < ws.revision:
+            for key in self.open.pop(minute):
+                ws = self._window(key, out)
+                if ws is not None and ws.final_revision < ws.revision:
                     self._emit(key, ws, final=True, out=out)
-                    self.pending.pop(key, None)
+                    self.pending.discard(key)
 
     def _emit(self, key: bytes, ws: WindowState, final: bool, out: BatchResult) -> None:
         customer, service, network, minute = (int(part) for part in key.split(b":"))
@@ -266,5 +280,5 @@ class MeterPartition:
         for minute in [m for m in self.minutes if m < oldest]:
             for key in self.minutes.pop(minute):
                 out.writes["windows"][key] = None
-                self.pending.pop(key, None)
+                self.pending.discard(key)
             self.open.pop(minute, None)

@@ -274,8 +274,9 @@ class Worker:
         meter: MeterPartition | None = state.get("meter")
         if meter is None:
             state["changed"] = self.view.subscribe()
-            tables = Tables(**{name: StateTable(t.data.data, kind) for (name, t), kind
-                               in zip(self.tables.items(), ("window", "rate", "spend", "clock"), strict=True)})
+            tables = state["tables"] = Tables(**{
+                name: StateTable(t.data.data, kind)
+                for (name, t), kind in zip(self.tables.items(), ("window", "rate", "spend", "clock"), strict=True)})
             meter = state["meter"] = MeterPartition(partition, tables, self.view, self.rules)
         records = [orjson.loads(event.message.value) for event in events]
         now = _now_ms()
@@ -291,6 +292,8 @@ class Worker:
         for name, writes in result.writes.items():
             changes += self._changes(self.tables[name], partition, writes)
         await self.producer.send_round(changes)
+        for table in vars(state["tables"]).values():
+            table.clear_cache()
         metrics.RECORDS.labels("meter", "applied").inc(result.applied)
         metrics.RECORDS.labels("meter", "repeat").inc(result.repeats)
         metrics.RECORDS.labels("meter", "rejected").inc(len(rejected))
@@ -332,8 +335,9 @@ class Worker:
                 store.data.pop(key, None)
                 out.append(Message(name, key, None, partition=partition))
             else:
-                store.data[key] = value
-                out.append(Message(name, key, aggregates.dumps(value), partition=partition))
+                serialized = aggregates.dumps(value)
+                store.data[key] = serialized  # kept serialized: StateTable decodes on access
+                out.append(Message(name, key, serialized, partition=partition))
         return out
 
     async def _write(self, table: faust.Table, partition: int, writes: dict[bytes, Any]) -> None:
