@@ -52,6 +52,7 @@ from meterstream.settings import Settings
 
 log = logs.get(__name__)
 EXIT_FAILED = 70  # an error in a batch: exit before acknowledging it, so it is processed again
+SEEK_AGAIN_S = 3.0  # a seek back whose record has not come by then is made again
 
 
 class _StateCodec(codecs.Codec):
@@ -179,7 +180,7 @@ class Worker:
         positions = self.positions[stage]
         store = StateTable(positions.data.data, "clock")
         expected: int | None = None
-        seeking = False
+        seeking: float | None = None  # when the consumer was last sought back
         first = True
         async for events in stream.noack_take(self.settings.worker.batch_records, within=within):
             tp = events[0].message.tp
@@ -195,7 +196,7 @@ class Worker:
                 elif expected is None or offset == expected:
                     batch.append(event)
                     expected = offset + 1
-                    seeking = False
+                    seeking = None
                 else:
                     gap = True
                     break
@@ -211,13 +212,15 @@ class Worker:
             metrics.RECORDS.labels(stage, "replayed").inc(len(repeats))
             for event in repeats + batch:
                 await stream.ack(event)
-            if gap and not seeking:
+            # records past a gap are dropped (not acknowledged) until the sought record comes;
+            # a seek that did not take (the partition was moving) is repeated after a while
+            if gap and (seeking is None or time.monotonic() - seeking > SEEK_AGAIN_S):
                 assert expected is not None
                 metrics.GAPS.labels(stage).inc()
                 log.warning("records skipped by the consumer; seeking back", stage=stage, topic=tp.topic,
                             partition=tp.partition, expected=expected, got=events[len(batch) + len(repeats)].message.offset)
                 await self.app.consumer.seek(tp, expected)  # type: ignore[union-attr]
-                seeking = True
+                seeking = time.monotonic()
 
     # -- resolve -----------------------------------------------------------------------------
     async def _resolve_batch(self, events: list[faust.EventT]) -> None:
