@@ -117,8 +117,25 @@ class InvalidKeyState:
         return cls(InvalidKeyTracker(hour, hits, reported), HighWater(marks))
 
 
+@dataclass(slots=True)
+class PartitionClock:
+    """Event time of one meter.resolved partition: the highest event time seen from each
+    upstream (haproxy.logs) partition, and the watermark derived from them (meter_stage)."""
+
+    watermark: int | None = None
+    upstream: dict[int, int] = field(default_factory=dict)
+
+    def dump(self) -> list[Any]:
+        return [self.watermark, list(self.upstream.items())]
+
+    @classmethod
+    def load(cls, data: list[Any]) -> PartitionClock:
+        watermark, upstream = data
+        return cls(watermark, {int(p): ts for p, ts in upstream})
+
+
 STATE_TYPES: dict[str, type] = {"window": WindowState, "rate": RateState, "spend": SpendState,
-                                "invalid": InvalidKeyState, "clock": int}
+                                "invalid": InvalidKeyState, "partition_clock": PartitionClock, "clock": int}
 
 
 def _exact(data: bytes) -> bytes:

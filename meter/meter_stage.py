@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from meterstream.meter.aggregates import (
+    PartitionClock,
     RateState,
     SpendState,
     WindowState,
@@ -48,6 +49,7 @@ class MeterRules:
     emit_every_ms: int = SECOND_MS  # a changed window is published at most this often (event time)
     rate_lateness_ms: int = 2 * SECOND_MS  # a second is judged once the watermark is this far past it
     rate_clear_after_s: int = CLEAR_AFTER  # seconds under the allowance that clear a rate breach
+    idle_ms: int = MINUTE_MS  # an upstream partition this far behind the others no longer holds time back
 
 
 @dataclass
@@ -89,7 +91,9 @@ class MeterPartition:
         self.tables = tables
         self.view = view
         self.rules = rules or MeterRules()
-        self.watermark: int | None = tables.clocks.get(clock_key(partition))
+        clock = tables.clocks.get(clock_key(partition)) or PartitionClock()
+        self.watermark: int | None = clock.watermark
+        self.upstream: dict[int, int] = dict(clock.upstream)  # upstream partition -> highest event time
         # indexes hold keys only: the values stay in the tables (serialized in the worker)
         self.pending: set[bytes] = set()  # windows changed since last published
         self.open: dict[int, set[bytes]] = {}  # minute -> windows not yet final
@@ -128,7 +132,7 @@ class MeterPartition:
         for record in records:
             self._apply(record, now_ms, out, touched_spend)
         if self.watermark is not None:
-            out.writes["clocks"][clock_key(self.partition)] = self.watermark
+            out.writes["clocks"][clock_key(self.partition)] = PartitionClock(self.watermark, dict(self.upstream))
             for customer in changed_customers:  # a new cap, balance or committed charge
                 state = touched_spend.get(customer) or self.tables.spends.get(spend_key(customer))
                 if state is not None and state.partition == self.partition:
@@ -179,10 +183,14 @@ class MeterPartition:
             out.applied += 1
         else:
             out.repeats += 1
-        if wm is None or ts > wm:
-            self.watermark = ts
-            if (ts - rules.rate_lateness_ms) // 1000 != self.judged_second:
-                self._judge_rates(out)  # the watermark entered a new second
+        upstream = r["upstream"]["partition"]
+        if ts > self.upstream.get(upstream, -1):
+            self.upstream[upstream] = ts
+            moved = self._watermark()
+            if wm is None or moved > wm:
+                self.watermark = moved
+                if (moved - rules.rate_lateness_ms) // 1000 != self.judged_second:
+                    self._judge_rates(out)  # the watermark entered a new second
         if customer == 0:
             return
 
@@ -207,6 +215,16 @@ class MeterPartition:
                 touched_spend[customer] = ss
                 # judged record by record, so that a crossing's values do not depend on batching
                 self._evaluate_spend(customer, ss, out)
+
+    def _watermark(self) -> int:
+        """The lowest of the upstream partitions' event times: records of one customer come
+        through every haproxy.logs partition its keys hash to, each in its own order, so time
+        has passed only once it has passed in all of them (a resolver that lags after a crash
+        holds the watermark back instead of making its records late). An upstream partition
+        more than ``idle_ms`` behind the others is idle (its keys went quiet) and does not
+        hold it back."""
+        newest = max(self.upstream.values())
+        return min(ts for ts in self.upstream.values() if ts >= newest - self.rules.idle_ms)
 
     # -- limits ------------------------------------------------------------------------------
     def _judge_rates(self, out: BatchResult) -> None:

@@ -118,9 +118,6 @@ class Worker:
 
         logs_topic = topic(topics.HAPROXY_LOGS, logs_partitions)
         resolved_topic = topic(topics.METER_RESOLVED, resolved_partitions)
-        self.out = {name: topic(name) for name in (topics.METER_USAGE, topics.METER_BREACHES,
-                                                   topics.HAPROXY_LOGS_REJECTED)}
-        self.resolved_topic = resolved_topic
 
         def table(name: str, kind: str, partitions: int) -> faust.Table:
             t = app.Table(name, partitions=partitions, key_type=bytes)
@@ -133,7 +130,7 @@ class Worker:
         self.tables = {"windows": table("windows", "window", resolved_partitions),
                        "rates": table("rates", "rate", resolved_partitions),
                        "spends": table("spends", "spend", resolved_partitions),
-                       "clocks": table("clocks", "clock", resolved_partitions)}
+                       "clocks": table("clocks", "partition_clock", resolved_partitions)}
 
         @app.task
         async def start() -> None:
@@ -279,7 +276,7 @@ class Worker:
             state["changed"] = self.view.subscribe()
             tables = state["tables"] = Tables(**{
                 name: StateTable(t.data.data, kind)
-                for (name, t), kind in zip(self.tables.items(), ("window", "rate", "spend", "clock"), strict=True)})
+                for (name, t), kind in zip(self.tables.items(), ("window", "rate", "spend", "partition_clock"), strict=True)})
             meter = state["meter"] = MeterPartition(partition, tables, self.view, self.rules)
         records = [orjson.loads(event.message.value) for event in events]
         now = _now_ms()

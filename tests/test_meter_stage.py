@@ -16,7 +16,7 @@ from meterstream.meter.resolve import resolve
 from meterstream.schemas.enums import LimitKind
 from meterstream.schemas.usage import COUNTS
 from meterstream.schemas.wire import encode
-from tests.corpus import build
+from tests.corpus import BASE_TS, build
 
 
 def resolved(corpus, view: ConfigView) -> list[dict]:  # noqa: ANN001
@@ -55,7 +55,7 @@ def run(records: list[dict], view: ConfigView, batch: int, tables: Tables | None
                     table.pop(key, None)
                 else:  # through the codec, as the changelog would carry it
                     table[key] = loads({"windows": "window", "rates": "rate", "spends": "spend",
-                                        "clocks": "clock"}[name], dumps(value))
+                                        "clocks": "partition_clock"}[name], dumps(value))
     return usage, events, rejected, tables
 
 
@@ -139,3 +139,20 @@ def test_a_raised_cap_clears_the_breach_without_new_traffic(corpus) -> None:  # 
     after = meter.process([], time.time_ns() // 1_000_000, drained=True, changed_customers=set(changed))
     assert [(e.event_id, e.observed, e.limit) for e in after.events] == [
         ("2003:-:spend_cleared:rolling_30d:1", 100_000_500, 200_000_000)]  # 1,005 requests sent
+
+
+def test_a_lagging_upstream_partition_holds_time_back(corpus, view: ConfigView) -> None:  # noqa: ANN001
+    """Records reach a meter partition through several haproxy.logs partitions, each in its
+    own order; one may lag (a resolver restarting). Here upstream 1 runs 20 s of event time
+    behind upstream 0: the results are those of the in-order run."""
+    records = resolved(corpus, view)
+    for r in records:
+        r["upstream"]["partition"] = (r["api_key_fp"] or 0) % 2
+    tail = [r for r in records if r["ts"] < BASE_TS or r["ts"] > BASE_TS + 86_400_000]  # late and future ones
+    timely = [r for r in records if not any(r is t for t in tail)]
+    skewed = sorted(timely, key=lambda r: r["ts"] + (20_000 if r["upstream"]["partition"] == 1 else 0)) + tail
+    usage, events, rejected, _ = run(skewed, view, 500)
+    assert {k: {n: getattr(w, n) for n in COUNTS} for k, w in usage.items()} == corpus.usage
+    meter_events = {k: v for k, v in corpus.events.items() if v[0] is not LimitKind.INVALID_KEY}
+    assert {e.event_id: (e.kind, e.observed, e.limit) for e in events} == meter_events
+    assert rejected == corpus.rejected
