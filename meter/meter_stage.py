@@ -37,7 +37,7 @@ from meterstream.meter.highwater import stream_key
 from meterstream.meter.config_view import ConfigView
 from meterstream.meter.rate import CLEAR_AFTER, RateTracker
 from meterstream.meter.usage import count_request
-from meterstream.schemas.enums import LimitKind, ServiceType, TrafficType
+from meterstream.schemas.enums import ServiceType, TrafficType
 from meterstream.schemas.limits import LimitEvent, event_id
 from meterstream.schemas.usage import COUNTS, UsageWindow
 
