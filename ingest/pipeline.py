@@ -4,11 +4,10 @@ the syslog receiver."""
 from __future__ import annotations
 
 from meterstream.ingest import metrics
-from meterstream.ingest.deadletter import rejected_line
 from meterstream.ingest.parser import Rejected, parse
 from meterstream.producer import Message
 from meterstream.schemas import topics
-from meterstream.schemas.records import LogRecord, SourcePosition
+from meterstream.schemas.records import LogRecord, RejectedLine, SourcePosition
 from meterstream.schemas.wire import encode
 from meterstream.settings import Settings
 
@@ -34,6 +33,6 @@ class Encoder:
     def rejected(self, data: bytes, position: SourcePosition | None, source: str, reason: str,
                  detail: str, total: int | None = None) -> Message:
         metrics.REJECTED.labels(reason).inc()
-        dead = rejected_line(data, source=source, position=position, reason=reason, detail=detail,
-                             keep=self.keep, total_bytes=total)
+        dead = RejectedLine.of(data, source=source, position=position, reason=reason, detail=detail,
+                               keep=self.keep, total_bytes=total)
         return Message(self.rejected_topic, topics.key_of(dead), encode(dead), dead.at)

@@ -31,11 +31,10 @@ from typing import Any
 
 import faust
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.serializers import codecs
 
 from meterstream import http, logs
-from meterstream.kafka import ensure_topics, partitions_of
+from meterstream.kafka import ensure_topics, partitions_of, read_to_end
 from meterstream.meter import aggregates, metrics
 from meterstream.meter.aggregates import InvalidKeyState, StateTable
 from meterstream.meter.config_view import ConfigFollower, ConfigView
@@ -344,20 +343,11 @@ class Worker:
         """Writes table values through their changelog, acknowledged before returning."""
         await self.producer.send_round(self._changes(table, partition, writes))
 
-    @staticmethod
-    def _rejected(source: str, stream: str, partition: int | None, offset: int, reason: str, detail: str,
+    def _rejected(self, source: str, stream: str, partition: int | None, offset: int, reason: str, detail: str,
                   raw: bytes) -> RejectedLine:
-        limit = 8192
-        try:
-            text, encoding = raw[:limit].decode(), "utf-8"
-        except UnicodeDecodeError:
-            import base64
-
-            text, encoding = base64.b64encode(raw[:limit]).decode(), "base64"
-        position_stream = stream if partition is None else f"{stream}:{partition}"
-        return RejectedLine(source=source, position=SourcePosition(stream=position_stream[:256], offset=offset),
-                            reason=reason, detail=detail[:1000], raw=text, raw_encoding=encoding,
-                            raw_bytes=len(raw), raw_truncated=len(raw) > limit, at=_now_ms())
+        position = SourcePosition(stream=(stream if partition is None else f"{stream}:{partition}")[:256], offset=offset)
+        return RejectedLine.of(raw, source=source, position=position, reason=reason, detail=detail,
+                               keep=self.settings.produce.dead_letter_raw_bytes)
 
     def _lag(self, event: faust.EventT) -> None:
         tp = event.message.tp
@@ -383,30 +373,9 @@ class Worker:
 
 async def read_event_ids(settings: Settings, since_ms: int) -> set[str]:
     """The event ids on meter.breaches written since ``since_ms`` (broker time)."""
-    name = settings.topic(topics.METER_BREACHES)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False,
-                                isolation_level="read_committed", client_id=f"{settings.kafka.client_id}-readback")
-    await consumer.start()
-    try:
-        parts = [TopicPartition(name, p) for p in await partitions_of(settings, name)]
-        consumer.assign(parts)
-        found = await consumer.offsets_for_times({tp: since_ms for tp in parts})
-        ends = await consumer.end_offsets(parts)
-        for tp in parts:
-            if found.get(tp) is None:
-                consumer.seek(tp, ends[tp])
-            else:
-                consumer.seek(tp, found[tp].offset)
-        ids: set[str] = set()
-        while [tp for tp in parts if await consumer.position(tp) < ends[tp]]:
-            batch = await consumer.getmany(*parts, timeout_ms=500)
-            for messages in batch.values():
-                for m in messages:
-                    if m.value is not None:
-                        ids.add(orjson.loads(m.value)["event_id"])
-        return ids
-    finally:
-        await consumer.stop()
+    return {orjson.loads(value)["event_id"]
+            for _, value in await read_to_end(settings, settings.topic(topics.METER_BREACHES), since_ms=since_ms)
+            if value is not None}
 
 
 def run(settings: Settings) -> int:

@@ -85,8 +85,10 @@ async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
         await consumer.stop()
 
 
-async def read_to_end(settings: Settings, topic: str, timeout_s: float = 30.0) -> list[tuple[bytes | None, bytes]]:
-    """Every (key, value) of ``topic`` from the beginning up to its end offsets at the call."""
+async def read_to_end(settings: Settings, topic: str, timeout_s: float = 30.0,
+                      since_ms: int | None = None) -> list[tuple[bytes | None, bytes]]:
+    """Every (key, value) of ``topic`` up to its end offsets at the call: from the beginning,
+    or from the first message written at or after ``since_ms`` (broker time)."""
     import asyncio
     import time
 
@@ -98,8 +100,13 @@ async def read_to_end(settings: Settings, topic: str, timeout_s: float = 30.0) -
     try:
         partitions = [TopicPartition(topic, p) for p in await partitions_of(settings, topic)]
         consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
         ends = await consumer.end_offsets(partitions)
+        if since_ms is None:
+            await consumer.seek_to_beginning(*partitions)
+        else:
+            found = await consumer.offsets_for_times({tp: since_ms for tp in partitions})
+            for tp in partitions:
+                consumer.seek(tp, ends[tp] if found.get(tp) is None else found[tp].offset)
         out: list[tuple[bytes | None, bytes]] = []
         deadline = time.monotonic() + timeout_s
         async def behind() -> bool:

@@ -3,6 +3,8 @@ records on ``meter.resolved`` (SPEC §4, §5)."""
 
 from __future__ import annotations
 
+import base64
+import time
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -86,6 +88,21 @@ class RejectedLine(WireModel):
     raw_bytes: int = Field(ge=0, description="length of the whole line in bytes")
     raw_truncated: bool = False
     at: EpochMs = Field(description="when ingest rejected it, epoch milliseconds")
+
+    @classmethod
+    def of(cls, raw: bytes, *, source: str, position: SourcePosition | None, reason: str, detail: str,
+           keep: int, total_bytes: int | None = None) -> RejectedLine:
+        """The dead letter of ``raw``: its first ``keep`` bytes as text, or base64 when they
+        are not UTF-8 (every stage that refuses input builds it here)."""
+        total = len(raw) if total_bytes is None else total_bytes
+        kept = raw[:keep]
+        try:
+            text, encoding = kept.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(kept).decode(), "base64"
+        return cls(source=source, position=position, reason=reason, detail=detail[:500], raw=text,
+                   raw_encoding=encoding, raw_bytes=total, raw_truncated=len(kept) < total,
+                   at=time.time_ns() // 1_000_000)
 
 
 class KafkaPosition(BaseModel):
