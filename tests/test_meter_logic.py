@@ -1,4 +1,4 @@
-"""Metering rules (meter/usage.py, rate.py, spend.py): pure logic, table-driven, no services."""
+"""Metering rules (meter/meter_stage.py, rate.py, spend.py): pure logic, table-driven, no services."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import pytest
 from meterstream.meter.clock import DAY_MS, HOUR_MS, MINUTE_MS
 from meterstream.meter.rate import CLEAR_AFTER, RateTracker, allowance
 from meterstream.meter.spend import SpendPolicy, SpendTracker
-from meterstream.meter.usage import Refused, UsageWindows
+from meterstream.meter.aggregates import window_key
+from meterstream.meter.config_view import ConfigView
+from meterstream.meter.meter_stage import BatchResult, MeterPartition, Tables
 from meterstream.schemas.enums import LimitKind, Network, ServiceType, SpendWindow, Tier
 
 
@@ -21,78 +23,103 @@ T0 = ms("2026-11-25T10:00:00")
 SEAL, MAIN = ServiceType.SEAL, Network.MAINNET
 
 
-# -- usage windows ---------------------------------------------------------------------------
+# -- usage windows (meter/meter_stage.py over plain dicts) -----------------------------------
 
-def add(w: UsageWindows, ts: int, traffic: int = 1, status: int = 200, size: int = 100, ta: int = 10,
-        customer: int = 7, now: int | None = None) -> Refused | None:
-    return w.add(customer, SEAL, MAIN, ts, traffic, status, size, ta, now_ms=now)
+class Meter:
+    """One partition of the meter stage, fed one record at a time."""
+
+    def __init__(self) -> None:
+        self.tables = Tables({}, {}, {}, {})
+        self.stage = MeterPartition(0, self.tables, ConfigView())
+        self.offset = 0
+
+    def add(self, ts: int, traffic: int = 1, status: int = 200, size: int = 100, ta: int = 10,
+            now: int | None = None, drained: bool = False) -> BatchResult:
+        self.offset += 1
+        record = {"ts": ts, "customer_id": 7, "service_type": int(SEAL), "network": int(MAIN), "api_key_fp": 5,
+                  "traffic_type": traffic, "status": status, "bytes_sent": size, "Ta": ta, "server_id": 17,
+                  "src": {"stream": "f", "offset": self.offset}, "upstream": {"partition": 0}}
+        return self.apply(self.stage.process([record], T0 if now is None else now, drained))
+
+    def apply(self, result: BatchResult) -> BatchResult:
+        for name, writes in result.writes.items():
+            for key, value in writes.items():
+                if value is None:
+                    getattr(self.tables, name).pop(key, None)
+                else:
+                    getattr(self.tables, name)[key] = value
+        return result
+
+
+def refused(result: BatchResult) -> str | None:
+    return result.rejected[0].reason if result.rejected else None
 
 
 def test_minute_windows_and_totals() -> None:
-    w = UsageWindows()
+    m = Meter()
     for ts, traffic, status in [(T0, 1, 200), (T0 + 59_999, 2, 304), (T0 + 30_000, 1, 404),
                                 (T0 + 1, 3, 403), (T0 + 2, 1, 503), (T0 + 60_000, 1, 200)]:
-        assert add(w, ts, traffic, status, ta=-1 if status == 403 else 10) is None
-    first, second = sorted(w.windows.items())
-    assert first[0] == (7, SEAL, MAIN, T0) and second[0] == (7, SEAL, MAIN, T0 + MINUTE_MS)
-    t = first[1].totals
+        assert refused(m.add(ts, traffic, status, ta=-1 if status == 403 else 10)) is None
+    (first_key, first), (second_key, _) = sorted(m.tables.windows.items())
+    assert first_key == window_key(7, SEAL, MAIN, T0) and second_key == window_key(7, SEAL, MAIN, T0 + MINUTE_MS)
+    t = first.totals
     assert (t.requests, t.billable, t.denied, t.client_errors, t.server_errors) == (5, 2, 1, 2, 1)
     assert (t.bytes_sent, t.ta_sum_ms) == (500, 40)  # -1 (not reached) adds nothing
 
 
 def test_emission_is_throttled_to_a_second_of_event_time_then_final() -> None:
-    w = UsageWindows()
-    add(w, T0)
-    assert [(u.revision, u.final) for u in w.due()] == [(1, False)]
-    add(w, T0 + 200)
-    assert w.due() == []  # changed, but within a second of the last emission
-    add(w, T0 + 1_000)
-    assert [(u.revision, u.requests) for u in w.due()] == [(3, 3)]
-    assert w.due() == []
-    add(w, T0 + MINUTE_MS)  # the watermark passes the first window's end: it closes
-    out = w.due()
-    assert [(u.window_start, u.revision, u.final) for u in out] == [(T0, 3, True), (T0 + MINUTE_MS, 1, False)]
-    assert w.due() == []
+    m = Meter()
+    assert [(u.revision, u.final) for u in m.add(T0).usage] == [(1, False)]
+    assert m.add(T0 + 200).usage == []  # changed, but within a second of the last emission
+    assert [(u.revision, u.requests) for u in m.add(T0 + 1_000).usage] == [(3, 3)]
+    assert m.apply(m.stage.process([], T0, drained=False)).usage == []
+    out = m.add(T0 + MINUTE_MS).usage  # the watermark passes the first window's end: it closes
+    assert sorted((u.window_start, u.revision, u.final) for u in out) == [(T0, 3, True), (T0 + MINUTE_MS, 1, False)]
+    assert m.apply(m.stage.process([], T0, drained=False)).usage == []
+
+
+def test_a_drained_partition_publishes_at_once() -> None:
+    m = Meter()
+    m.add(T0)
+    assert [(u.revision, u.final) for u in m.add(T0 + 200, drained=True).usage] == [(2, False)]
 
 
 @pytest.mark.parametrize(
-    ("offset", "refused"),
-    [(-47 * HOUR_MS, None), (-48 * HOUR_MS, None), (-48 * HOUR_MS - 1, Refused.TOO_LATE),
-     (5 * MINUTE_MS, None), (5 * MINUTE_MS + 1, Refused.FROM_THE_FUTURE)],
+    ("offset", "reason"),
+    [(-47 * HOUR_MS, None), (-48 * HOUR_MS, None), (-48 * HOUR_MS - 1, "too_late"),
+     (5 * MINUTE_MS, None), (5 * MINUTE_MS + 1, "from_the_future")],
 )
-def test_late_and_future_events(offset: int, refused: Refused | None) -> None:
-    w = UsageWindows()
-    add(w, T0)
-    assert add(w, T0 + offset) == refused
-    if refused is None and offset < 0:
-        late = [u for u in w.due() if u.window_start == T0 + offset - (T0 + offset) % MINUTE_MS]
+def test_late_and_future_events(offset: int, reason: str | None) -> None:
+    m = Meter()
+    m.add(T0)
+    result = m.add(T0 + offset)
+    assert refused(result) == reason
+    if reason is None and offset < 0:
+        late = [u for u in result.usage if u.window_start == T0 + offset - (T0 + offset) % MINUTE_MS]
         assert late and late[0].requests == 1 and late[0].final  # counted in its own window
 
 
 def test_future_is_judged_against_the_wall_clock_too() -> None:
-    w = UsageWindows()
-    assert add(w, T0, now=T0 + HOUR_MS) is None  # old data replayed: never "future"
-    assert add(w, T0 + HOUR_MS + 4 * MINUTE_MS, now=T0 + HOUR_MS) is None
-    assert add(w, T0 + 3 * HOUR_MS, now=T0 + HOUR_MS) is Refused.FROM_THE_FUTURE
+    m = Meter()
+    assert refused(m.add(T0, now=T0 + HOUR_MS)) is None  # old data replayed: never "future"
+    assert refused(m.add(T0 + HOUR_MS + 4 * MINUTE_MS, now=T0 + HOUR_MS)) is None
+    assert refused(m.add(T0 + 3 * HOUR_MS, now=T0 + HOUR_MS)) == "from_the_future"
 
 
 def test_windows_past_retention_are_forgotten() -> None:
-    w = UsageWindows()
-    add(w, T0)
-    w.due()
-    add(w, T0 + 49 * HOUR_MS, now=T0 + 49 * HOUR_MS)  # not "future": the clock agrees
-    w.due()
-    assert [k[3] for k in w.windows] == [T0 + 49 * HOUR_MS]
+    m = Meter()
+    m.add(T0)
+    m.add(T0 + 49 * HOUR_MS, now=T0 + 49 * HOUR_MS)  # not "future": the clock agrees
+    assert list(m.tables.windows) == [window_key(7, SEAL, MAIN, T0 + 49 * HOUR_MS)]
 
 
 def test_replay_gives_the_same_outputs() -> None:
     events = [(T0 + i * 137 % 200_000, 1 + i % 3, [200, 404, 500][i % 3]) for i in range(2_000)]
 
     def run() -> list:
-        w, out = UsageWindows(), []
+        m, out = Meter(), []
         for ts, traffic, status in events:
-            add(w, ts, traffic, status)
-            out += w.due()
+            out += m.add(ts, traffic, status).usage
         return out
 
     assert run() == run()
