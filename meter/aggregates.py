@@ -1,4 +1,5 @@
-"""The state the worker keeps in its faust tables, one value per aggregate, and its codec.
+"""The state the worker keeps in its faust tables, one value per aggregate, its serialized
+form (``dumps``) and how a table is read back as objects (``StateTable``).
 
 Every value carries the high-water marks of the records it has applied (meter.highwater)
 and the meter.resolved partition it belongs to; the whole value is written to the table's
@@ -149,12 +150,6 @@ def dumps(value: Any) -> bytes:
     return _exact(orjson.dumps(value.dump()))
 
 
-def loads(kind: str, payload: bytes) -> Any:
-    if kind == "clock":
-        return int(payload)
-    return STATE_TYPES[kind].load(orjson.loads(payload))
-
-
 class StateTable(MutableMapping[bytes, Any]):
     """A table's store seen as state objects.
 
@@ -167,7 +162,8 @@ class StateTable(MutableMapping[bytes, Any]):
 
     def __init__(self, data: MutableMapping[bytes, Any], kind: str) -> None:
         self.data = data
-        self.load = STATE_TYPES[kind].load if kind != "clock" else int
+        kind_type = STATE_TYPES[kind]
+        self.load = int if kind_type is int else kind_type.load
         self.cache: dict[bytes, Any] = {}
 
     def _typed(self, key: bytes, value: Any) -> Any:

@@ -52,6 +52,10 @@ class MeterRules:
     idle_ms: int = MINUTE_MS  # an upstream partition this far behind the others no longer holds time back
 
 
+# the meter stage's tables and the kind of their values (meter.aggregates.STATE_TYPES)
+TABLE_KINDS = {"windows": "window", "rates": "rate", "spends": "spend", "clocks": "partition_clock"}
+
+
 @dataclass
 class Tables:
     """The faust tables of the meter stage (any mutable mapping in tests)."""

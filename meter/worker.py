@@ -26,12 +26,11 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 import faust
 import orjson
-from faust.serializers import codecs
 
 from meterstream import http, logs
 from meterstream.kafka import ensure_topics, partitions_of, read_to_end
@@ -39,35 +38,20 @@ from meterstream.meter import aggregates, metrics
 from meterstream.meter.aggregates import InvalidKeyState, StateTable
 from meterstream.meter.config_view import ConfigFollower, ConfigView
 from meterstream.meter.highwater import stream_key
-from meterstream.meter.meter_stage import MeterPartition, MeterRules, Tables
+from meterstream.meter.meter_stage import TABLE_KINDS, MeterPartition, MeterRules, Tables
 from meterstream.meter.resolve import InvalidKeyTracker, resolve
 from meterstream.producer import Message, RoundProducer
 from meterstream.schemas import topics
 from meterstream.schemas.limits import LimitEvent
 from meterstream.schemas.records import LogRecord, RejectedLine, SourcePosition
 from meterstream.schemas.topics import key_of
+from meterstream.schemas.usage import UsageWindow
 from meterstream.schemas.wire import WireError, decode, encode
 from meterstream.settings import Settings
 
 log = logs.get(__name__)
 EXIT_FAILED = 70  # an error in a batch: exit before acknowledging it, so it is processed again
 SEEK_AGAIN_S = 3.0  # a seek back whose record has not come by then is made again
-
-
-class _StateCodec(codecs.Codec):
-    def __init__(self, kind: str) -> None:
-        super().__init__()
-        self.kind = kind
-
-    def _dumps(self, obj: Any) -> bytes:
-        return aggregates.dumps(obj)
-
-    def _loads(self, s: bytes) -> Any:
-        return aggregates.loads(self.kind, s)
-
-
-for _kind in aggregates.STATE_TYPES:
-    codecs.register(f"ms-{_kind}", _StateCodec(_kind))
 
 
 def _now_ms() -> int:
@@ -118,18 +102,15 @@ class Worker:
         logs_topic = topic(topics.HAPROXY_LOGS, logs_partitions)
         resolved_topic = topic(topics.METER_RESOLVED, resolved_partitions)
 
-        def table(name: str, kind: str, partitions: int) -> faust.Table:
-            t = app.Table(name, partitions=partitions, key_type=bytes)
-            t.value_serializer = f"ms-{kind}"  # faust takes it from value_type; ours is a codec
-            return t
+        # values are written by the worker itself, serialized by meter.aggregates (see _changes);
+        # faust recovers them with its JSON serializer, and StateTable reads either form
+        def table(name: str, partitions: int) -> faust.Table:
+            return app.Table(name, partitions=partitions, key_type=bytes)
 
-        self.invalid_table = table("invalid-keys", "invalid", logs_partitions)
-        self.positions = {"resolve": table("resolve-positions", "clock", logs_partitions),
-                          "meter": table("meter-positions", "clock", resolved_partitions)}
-        self.tables = {"windows": table("windows", "window", resolved_partitions),
-                       "rates": table("rates", "rate", resolved_partitions),
-                       "spends": table("spends", "spend", resolved_partitions),
-                       "clocks": table("clocks", "partition_clock", resolved_partitions)}
+        self.invalid_table = table("invalid-keys", logs_partitions)
+        self.positions = {"resolve": table("resolve-positions", logs_partitions),
+                          "meter": table("meter-positions", resolved_partitions)}
+        self.tables = {name: table(name, resolved_partitions) for name in TABLE_KINDS}
 
         @app.task
         async def start() -> None:
@@ -215,7 +196,9 @@ class Worker:
                 metrics.GAPS.labels(stage).inc()
                 log.warning("records skipped by the consumer; seeking back", stage=stage, topic=tp.topic,
                             partition=tp.partition, expected=expected, got=events[len(batch) + len(repeats)].message.offset)
-                await self.app.consumer.seek(tp, expected)  # type: ignore[union-attr]
+                # seek_wait runs on faust's consumer thread; Consumer.seek would touch aiokafka's
+                # fetcher from this one (seen: a KeyError in fetched_records killed the consumer)
+                await self.app.consumer.seek_wait({tp: expected})  # type: ignore[union-attr]
                 seeking = time.monotonic()
 
     # -- resolve -----------------------------------------------------------------------------
@@ -273,9 +256,8 @@ class Worker:
         meter: MeterPartition | None = state.get("meter")
         if meter is None:
             state["changed"] = self.view.subscribe()
-            tables = state["tables"] = Tables(**{
-                name: StateTable(t.data.data, kind)
-                for (name, t), kind in zip(self.tables.items(), ("window", "rate", "spend", "partition_clock"), strict=True)})
+            tables = state["tables"] = Tables(**{name: StateTable(self.tables[name].data.data, kind)
+                                                 for name, kind in TABLE_KINDS.items()})
             meter = state["meter"] = MeterPartition(partition, tables, self.view, self.rules)
         records = [orjson.loads(event.message.value) for event in events]
         now = _now_ms()
@@ -303,8 +285,8 @@ class Worker:
         metrics.BATCH_SECONDS.labels("meter").observe(time.perf_counter() - started)
 
     # -- publishing and writing --------------------------------------------------------------
-    async def _publish(self, outgoing: list[Message], usage: Iterable = (),
-                       limit_events: Iterable[LimitEvent] = (), rejected: Iterable[RejectedLine] = ()) -> None:
+    async def _publish(self, outgoing: list[Message], usage: Sequence[UsageWindow] = (),
+                       limit_events: Sequence[LimitEvent] = (), rejected: Sequence[RejectedLine] = ()) -> None:
         """Publishes, and returns once Kafka has acknowledged every message (retrying with
         backoff meanwhile: the stage takes nothing new until then)."""
         usage_topic = self.settings.topic(topics.METER_USAGE)
@@ -322,7 +304,7 @@ class Worker:
             metrics.LIMIT_EVENTS.labels(e.kind.value).inc()
         for line in rejected:
             metrics.REJECTED.labels(line.reason).inc()
-        metrics.USAGE_PUBLISHED.inc(len(usage) if isinstance(usage, list) else 0)
+        metrics.USAGE_PUBLISHED.inc(len(usage))
 
     def _changes(self, table: faust.Table, partition: int, writes: dict[bytes, Any]) -> list[Message]:
         """The changelog messages of new table values, which are set in the table's store."""

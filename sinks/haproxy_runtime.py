@@ -15,8 +15,8 @@ import re
 COMMANDS_PER_CONNECTION = 200
 
 
-class RuntimeError_(RuntimeError):
-    pass
+class RuntimeApiError(RuntimeError):
+    """HAProxy refused a Runtime API command."""
 
 
 async def _send(socket_path: str, command: str, timeout_s: float = 10.0) -> str:
@@ -39,14 +39,14 @@ async def replace_map(socket_path: str, map_name: str, lines: list[str]) -> int:
     answer = await _send(socket_path, f"prepare map {map_name}")
     found = re.search(r"New version created:\s*(\d+)", answer)
     if found is None:
-        raise RuntimeError_(f"prepare map {map_name}: {answer.strip()}")
+        raise RuntimeApiError(f"prepare map {map_name}: {answer.strip()}")
     version = int(found.group(1))
     for start in range(0, len(lines), COMMANDS_PER_CONNECTION):
         chunk = lines[start:start + COMMANDS_PER_CONNECTION]
         answer = await _send(socket_path, ";".join(f"add map @{version} {map_name} {line}" for line in chunk))
         if answer.strip():  # add map answers nothing when it succeeds
-            raise RuntimeError_(f"add map @{version} {map_name}: {answer.strip()[:200]}")
+            raise RuntimeApiError(f"add map @{version} {map_name}: {answer.strip()[:200]}")
     answer = await _send(socket_path, f"commit map @{version} {map_name}")
     if answer.strip():
-        raise RuntimeError_(f"commit map @{version} {map_name}: {answer.strip()[:200]}")
+        raise RuntimeApiError(f"commit map @{version} {map_name}: {answer.strip()[:200]}")
     return version

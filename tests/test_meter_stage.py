@@ -9,9 +9,9 @@ import time
 import orjson
 import pytest
 
-from meterstream.meter.aggregates import dumps, loads
+from meterstream.meter.aggregates import StateTable, dumps
 from meterstream.meter.config_view import ConfigView
-from meterstream.meter.meter_stage import MeterPartition, Tables
+from meterstream.meter.meter_stage import TABLE_KINDS, MeterPartition, Tables
 from meterstream.meter.resolve import resolve
 from meterstream.schemas.enums import LimitKind
 from meterstream.schemas.usage import COUNTS
@@ -32,7 +32,8 @@ def resolved(corpus, view: ConfigView) -> list[dict]:  # noqa: ANN001
 
 def run(records: list[dict], view: ConfigView, batch: int, tables: Tables | None = None,
         now: int | None = None) -> tuple[dict, list, dict, Tables]:
-    tables = tables or Tables({}, {}, {}, {})
+    # as in the worker: values kept serialized, decoded once per batch
+    tables = tables or Tables(**{name: StateTable({}, kind) for name, kind in TABLE_KINDS.items()})
     meter = MeterPartition(0, tables, view)
     usage: dict = {}
     events: list = []
@@ -53,9 +54,9 @@ def run(records: list[dict], view: ConfigView, batch: int, tables: Tables | None
             for key, value in writes.items():
                 if value is None:
                     table.pop(key, None)
-                else:  # through the codec, as the changelog would carry it
-                    table[key] = loads({"windows": "window", "rates": "rate", "spends": "spend",
-                                        "clocks": "partition_clock"}[name], dumps(value))
+                else:  # the bytes the changelog carries
+                    table[key] = dumps(value)
+            table.clear_cache()
     return usage, events, rejected, tables
 
 
