@@ -219,6 +219,13 @@ class MeterPartition:
                 touched_spend[customer] = ss
                 # judged record by record, so that a crossing's values do not depend on batching
                 self._evaluate_spend(customer, ss, out)
+        else:
+            # a customer over a threshold is refused, so its requests are not billable: they
+            # still move time, and the window sliding (or the month turning) can clear it
+            ss = touched_spend.get(customer) or self.tables.spends.get(spend_key(customer))
+            if ss is not None and ss.partition == self.partition and any(ss.tracker.above.values()):
+                touched_spend[customer] = ss
+                self._evaluate_spend(customer, ss, out)
 
     def _watermark(self) -> int:
         """The lowest of the upstream partitions' event times: records of one customer come

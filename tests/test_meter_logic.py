@@ -283,3 +283,16 @@ def test_event_ids_are_deterministic_across_replays() -> None:
 
     first = scenario()
     assert first == scenario() and len(first) == len(set(first))
+
+
+def test_a_refused_customer_is_cleared_when_its_window_slides() -> None:
+    """At its cap a customer gets 403s, which are not billable: those requests must still let
+    the rolling window slide and clear the breach (30 days later), or it stays suspended."""
+    m = Meter()
+    policy = SpendPolicy(cap_micros=100_000_000, committed_micros=99_999_900,  # one request from the cap
+                         balance_micros=10**12)
+    m.stage.view.policies[7] = policy
+    assert [e.kind for e in m.add(T0).events] == [LimitKind.SPEND_WARNING, LimitKind.SPEND_CAP_REACHED]
+    assert m.add(T0 + DAY_MS, traffic=3, status=403, now=T0 + DAY_MS).events == []  # still within the window
+    cleared = m.add(T0 + 30 * DAY_MS, traffic=3, status=403, now=T0 + 30 * DAY_MS).events
+    assert [(e.kind, e.observed) for e in cleared] == [(LimitKind.SPEND_CLEARED, 99_999_900)]
