@@ -100,10 +100,11 @@ async def read_to_end(settings: Settings, topic: str, timeout_s: float = 30.0,
     try:
         partitions = [TopicPartition(topic, p) for p in await partitions_of(settings, topic)]
         consumer.assign(partitions)
-        ends = await consumer.end_offsets(partitions)
         if since_ms is None:
             await consumer.seek_to_beginning(*partitions)
-        else:
+            ends = await consumer.end_offsets(partitions)
+        else:  # (seeking to the beginning must come before end_offsets: found by the tests)
+            ends = await consumer.end_offsets(partitions)
             found = await consumer.offsets_for_times({tp: since_ms for tp in partitions})
             for tp in partitions:
                 consumer.seek(tp, ends[tp] if found.get(tp) is None else found[tp].offset)
