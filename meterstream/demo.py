@@ -164,6 +164,7 @@ async def _meter(settings: Settings, say: Callable[[str], None], workdir: Path) 
     import time
 
     from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
 
     from meterstream.kafka import end_offsets
 
@@ -182,8 +183,11 @@ async def _meter(settings: Settings, say: Callable[[str], None], workdir: Path) 
                 raise RuntimeError(f"meterstream worker exited with {proc.returncode}; see {log_path}")
             if time.monotonic() - started > 180:
                 raise TimeoutError(f"the worker did not catch up within 180 s; see {log_path}")
-            committed = {(tp.topic, tp.partition): meta.offset
-                         for tp, meta in (await admin.list_consumer_group_offsets(group)).items()}
+            try:
+                committed = {(tp.topic, tp.partition): meta.offset
+                             for tp, meta in (await admin.list_consumer_group_offsets(group)).items()}
+            except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
+                committed = {}  # a new broker creates its offsets topic with the first group
             ends = {}
             for name in (topics.HAPROXY_LOGS, topics.METER_RESOLVED):
                 topic = settings.topic(name)
