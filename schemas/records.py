@@ -17,7 +17,16 @@ from meterstream.schemas.enums import (
     TrafficType,
     UnauthReason,
 )
-from meterstream.schemas.types import CustomerRef, EpochMs, Fingerprint, Timer
+from meterstream.schemas.types import (
+    INT32_MAX,
+    JSON_SAFE_MAX,
+    CustomerRef,
+    EpochMs,
+    Fingerprint,
+    Offset,
+    Text,
+    Timer,
+)
 from meterstream.schemas.wire import WireModel
 
 PATH_PREFIX_LEN = 10
@@ -39,16 +48,16 @@ class SourcePosition(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    stream: str = Field(min_length=1, max_length=256)
-    offset: int = Field(ge=0)
+    stream: Text = Field(min_length=1, max_length=256)
+    offset: Offset
 
 
 class LogRecord(WireModel):
     """One HAProxy request. Field names are SPEC §4's, as the JSON log line carries them."""
 
     ts: EpochMs = Field(description="request time, epoch milliseconds")
-    request_id: str = Field(min_length=1, max_length=128)
-    client_ip: str = Field(max_length=64)
+    request_id: Text = Field(min_length=1, max_length=128)
+    client_ip: Text = Field(max_length=64)
     api_key_fp: Fingerprint | None = None
     service_type: ServiceType | None = None
     network: Network | None = None
@@ -56,17 +65,17 @@ class LogRecord(WireModel):
     fe_type: FeType | None = None
     traffic_type: TrafficType = TrafficType.NA
     event_type: Annotated[int, AfterValidator(_event_type)] = 0
-    key_metadata: str | None = Field(default=None, max_length=64)
+    key_metadata: Text | None = Field(default=None, max_length=64)
     status: int = Field(ge=-1, le=999, description="HTTP status; -1 when none was sent")
-    bytes_sent: int = Field(ge=0)
-    path: str = Field(default="", max_length=PATH_PREFIX_LEN)
+    bytes_sent: int = Field(ge=0, le=JSON_SAFE_MAX, description="bytes of the response (8 PiB at most: exact in every JSON reader)")
+    path: Text = Field(default="", max_length=PATH_PREFIX_LEN)
     TR: Timer = -1
     Tw: Timer = -1
     Tc: Timer = -1
     Tr: Timer = -1
     Ta: Timer = -1
-    backend_id: int | None = Field(default=None, ge=0)
-    termination_state: str = Field(default="", max_length=4)
+    backend_id: int | None = Field(default=None, ge=0, le=INT32_MAX)
+    termination_state: Text = Field(default="", max_length=4)
     config_hex: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]*$", max_length=64)
     src: SourcePosition
 
@@ -79,11 +88,11 @@ class LogRecord(WireModel):
 class RejectedLine(WireModel):
     """A line that did not become a LogRecord: never dropped silently (SPEC §4)."""
 
-    source: str = Field(min_length=1, description="file path or syslog peer")
+    source: Text = Field(min_length=1, max_length=1024, description="file path or syslog peer")
     position: SourcePosition | None = None
     reason: str = Field(min_length=1, pattern=r"^[a-z][a-z0-9_]*$", description="machine code")
-    detail: str = ""
-    raw: str = Field(description="the line, as text or base64 (raw_encoding)")
+    detail: Text = Field(default="", max_length=1000)
+    raw: Text = Field(description="the line, as text or base64 (raw_encoding)")
     raw_encoding: Literal["utf-8", "base64"] = "utf-8"
     raw_bytes: int = Field(ge=0, description="length of the whole line in bytes")
     raw_truncated: bool = False
@@ -93,24 +102,32 @@ class RejectedLine(WireModel):
     def of(cls, raw: bytes, *, source: str, position: SourcePosition | None, reason: str, detail: str,
            keep: int, total_bytes: int | None = None) -> RejectedLine:
         """The dead letter of ``raw``: its first ``keep`` bytes as text, or base64 when they
-        are not UTF-8 (every stage that refuses input builds it here)."""
+        are not UTF-8 or hold a NUL (every stage that refuses input builds it here). Never
+        raises for any input: source and detail are cut and cleaned of NULs."""
         total = len(raw) if total_bytes is None else total_bytes
         kept = raw[:keep]
         try:
-            text, encoding = kept.decode("utf-8"), "utf-8"
+            text: str | None = kept.decode("utf-8")
         except UnicodeDecodeError:
+            text = None
+        encoding: Literal["utf-8", "base64"] = "utf-8"
+        if text is None or "\x00" in text:
             text, encoding = base64.b64encode(kept).decode(), "base64"
-        return cls(source=source, position=position, reason=reason, detail=detail[:500], raw=text,
-                   raw_encoding=encoding, raw_bytes=total, raw_truncated=len(kept) < total,
+        return cls(source=_clean(source, 1024) or "-", position=position, reason=reason, detail=_clean(detail, 500),
+                   raw=text, raw_encoding=encoding, raw_bytes=total, raw_truncated=len(kept) < total,
                    at=time.time_ns() // 1_000_000)
+
+
+def _clean(text: str, length: int) -> str:
+    return text[:length].replace("\x00", "\ufffd")
 
 
 class KafkaPosition(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    topic: str = Field(min_length=1)
-    partition: int = Field(ge=0)
-    offset: int = Field(ge=0)
+    topic: Text = Field(min_length=1, max_length=249)
+    partition: int = Field(ge=0, le=INT32_MAX)
+    offset: Offset
 
 
 class ResolvedRecord(LogRecord):

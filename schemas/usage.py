@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator, model_validator
 
 from meterstream.schemas.enums import Network, ServiceType
-from meterstream.schemas.types import Count, CustomerRef, EpochMs
+from meterstream.schemas.types import INT64_MAX, Count, CustomerRef, EpochMs
 from meterstream.schemas.wire import WireModel
 
 WINDOW_MS = 60_000
@@ -22,7 +22,7 @@ class UsageWindow(WireModel):
     service_type: ServiceType
     network: Network
     window_start: EpochMs = Field(description="epoch ms, a multiple of 60,000")
-    revision: int = Field(ge=1)
+    revision: int = Field(ge=1, le=INT64_MAX)
     final: bool = False
     requests: Count = 0
     billable: Count = 0

@@ -8,6 +8,7 @@ import pytest
 from meterstream.schemas import (
     CustomerState,
     LimitEvent,
+    RejectedLine,
     LogRecord,
     ResolvedRecord,
     UsageWindow,
@@ -67,6 +68,21 @@ _DELETE = object()
         ("LogRecord", {"src__offset": -1}, "src.offset"),
         ("LogRecord", {"surprise": 1}, "surprise"),
         ("LogRecord", {"v": 2}, "v"),
+        # every field within what the tables and the aggregates hold (poison values)
+        ("LogRecord", {"ts": 99_999_999_999_999_999}, "ts"),
+        ("LogRecord", {"ts": 0}, "ts"),
+        ("LogRecord", {"TR": 3_000_000_000}, "TR"),
+        ("LogRecord", {"bytes_sent": 2**63}, "bytes_sent"),
+        ("LogRecord", {"bytes_sent": 2**53}, "bytes_sent"),
+        ("LogRecord", {"backend_id": 2**31}, "backend_id"),
+        ("LogRecord", {"request_id": "a\u0000b"}, "request_id"),
+        ("LogRecord", {"client_ip": "\u0000"}, "client_ip"),
+        ("LogRecord", {"src__stream": "f\u0000"}, "src.stream"),
+        ("LogRecord", {"src__offset": 2**63}, "src.offset"),
+        ("ResolvedRecord", {"upstream__offset": 2**63}, "upstream.offset"),
+        ("UsageWindow", {"bytes_sent": 2**63}, "bytes_sent"),
+        ("LimitEvent", {"observed": 2**63}, "observed"),
+        ("LimitEvent", {"at": 10**17}, "at"),
         ("ApiKeyState", {"api_key_hash": "ABC"}, "api_key_hash"),
         ("ApiKeyState", {"customer_id": 0}, "customer_id"),
         ("ApiKeyState", {"customer_id": "7d1f1e5e-0000-4000-8000-000000000000"}, "customer_id"),
@@ -172,3 +188,12 @@ def test_usage_counts_are_the_models_counters() -> None:
     counters = [n for n, f in UsageWindow.model_fields.items() if n not in
                 ("v", "customer_id", "service_type", "network", "window_start", "revision", "final")]
     assert list(COUNTS) == counters
+
+
+def test_a_dead_letter_is_built_from_any_input() -> None:
+    """NULs and long texts never make the dead letter itself invalid."""
+    line = RejectedLine.of(b"a\x00b", source="s\x00" + "x" * 5000, position=None, reason="invalid_record",
+                           detail="d\x00" * 1000, keep=8192)
+    assert line.raw_encoding == "base64" and line.raw == "YQBi"
+    assert "\x00" not in line.source + line.detail and len(line.source) <= 1024
+    assert decode(RejectedLine, encode(line)) == line
