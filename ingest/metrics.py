@@ -18,6 +18,10 @@ PRODUCE_FAILURES = Counter("meterstream_ingest_produce_failures_total",
                            "Rounds that failed and were resent (broker away, timeouts)")
 CHECKPOINT_AGE = Gauge("meterstream_ingest_checkpoint_age_seconds",
                        "How long lines acknowledged by Kafka have waited to be checkpointed (0: up to date)")
+SYSLOG_UDP_SENDERS_FORGOTTEN = Counter("meterstream_ingest_syslog_udp_senders_forgotten_total",
+                                       "UDP senders no longer tracked, by reason: idle "
+                                       "(silent for syslog.udp_sender_idle_s), limit (syslog.udp_max_senders "
+                                       "reached: the least recently seen is forgotten)", ["reason"])
 DROPPED = Counter("meterstream_ingest_syslog_dropped_total",
                   "UDP syslog datagrams dropped because the queue was full (UDP has no back-pressure)")
 
