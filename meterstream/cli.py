@@ -127,7 +127,8 @@ def tail(obj: Context, files: tuple[str, ...], checkpoint: str | None, once: boo
 @pass_ctx
 def syslog(obj: Context, udp: str | None, tcp: str | None, http_port: int | None) -> None:
     """Receive HAProxy's log lines over syslog (UDP; TCP with octet-counting or newline
-    framing) into haproxy.logs. TCP gets back-pressure; UDP drops, counted, when full."""
+    framing) into haproxy.logs. TCP gets back-pressure; UDP drops, counted, when full.
+    Only senders in syslog.allowed_networks (default: loopback) are read."""
     from meterstream.ingest.syslog_server import SyslogReceiver
     from meterstream.service import serve
 

@@ -8,11 +8,12 @@ the local services that ``meterstream dev up`` starts.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -88,9 +89,40 @@ class ProduceSettings(Section):
 class SyslogSettings(Section):
     """`meterstream syslog`: a syslog receiver (UDP, and TCP with newline or octet framing)."""
 
-    udp: str | None = Field(default="127.0.0.1:5514", description="host:port, or empty to disable")
-    tcp: str | None = Field(default="127.0.0.1:5514", description="host:port, or empty to disable")
-    queue_lines: int = Field(default=50_000, ge=1, description="lines buffered before back-pressure")
+    udp: str | None = Field(default="127.0.0.1:5514",
+                            description="host:port ([v6]:port for IPv6), or empty to disable")
+    tcp: str | None = Field(default="127.0.0.1:5514",
+                            description="host:port ([v6]:port for IPv6), or empty to disable")
+    queue_bytes: int = Field(default=32 * 1024 * 1024, ge=64 * 1024,
+                             description="bytes of received lines buffered before back-pressure (TCP stops "
+                                         "being read) or drops (UDP, counted)")
+    queue_lines: int = Field(default=50_000, ge=1,
+                             description="lines buffered before back-pressure (TCP) or drops (UDP)")
+    allowed_networks: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+                                        description="CIDRs (IPv4, IPv6) of the senders accepted; datagrams and "
+                                                    "connections from elsewhere are dropped unread and counted. "
+                                                    "Default loopback only: list the HAProxy hosts' networks "
+                                                    "when listening beyond loopback")
+    max_connections: int = Field(default=128, ge=1,
+                                 description="open TCP connections at most; one more is closed at once, counted")
+    idle_timeout_s: float = Field(default=300.0, gt=0,
+                                  description="a TCP connection that sends nothing for this long is closed, "
+                                              "counted (not while the receiver itself is not reading it)")
+    udp_max_senders: int = Field(default=10_000, ge=1,
+                                 description="UDP senders (address, port) tracked at most; the least recently "
+                                             "seen is forgotten first")
+    udp_sender_idle_s: float = Field(default=300.0, gt=0,
+                                     description="a UDP sender silent this long is forgotten")
+
+    @field_validator("allowed_networks")
+    @classmethod
+    def _networks(cls, cidrs: list[str]) -> list[str]:
+        for cidr in cidrs:
+            try:
+                ipaddress.ip_network(cidr.strip())
+            except ValueError as exc:
+                raise ValueError(f"syslog.allowed_networks: {exc}") from None
+        return cidrs
 
 
 class SyncSettings(Section):

@@ -15,12 +15,14 @@ from tests.test_parser import HTTPLOG
 pytestmark = pytest.mark.services
 
 
-def receiver(settings: Settings, tmp_path: Path) -> tuple[Process, int, int]:
+def receiver(settings: Settings, tmp_path: Path, env: dict[str, str] | None = None,
+             host: str = "127.0.0.1") -> tuple[Process, int, int]:
     udp, tcp = free_port(), free_port()
-    proc = Process(["syslog", "--udp", f"127.0.0.1:{udp}", "--tcp", f"127.0.0.1:{tcp}"],
+    where = f"[{host}]" if ":" in host else host
+    proc = Process(["syslog", "--udp", f"{where}:{udp}", "--tcp", f"{where}:{tcp}"],
                    {"MS_KAFKA__BOOTSTRAP": settings.kafka.bootstrap,
                     "MS_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
-                    "MS_TAIL__MAX_LINE_BYTES": "4096"},
+                    "MS_TAIL__MAX_LINE_BYTES": "4096", **(env or {})},
                    tmp_path / "syslog.log").start()
     # /healthz answers before the listeners are bound; it names their ports once they are
     wait_for(lambda: orjson.loads(proc.get("/healthz")[1])["tcp_port"] is not None, 30, "listening")
