@@ -200,19 +200,23 @@ class PostgresSink:
         """Publishes the batch's dead letters not yet acknowledged, and waits for Kafka's
         acknowledgement."""
         keep = self.settings.produce.dead_letter_raw_bytes
-        letters, counts, first = [], defaultdict(int), []
+        letters: list[Message] = []
+        indices: list[int] = []
+        counts: dict[tuple[str, str], int] = defaultdict(int)
+        first: list[dict[str, str]] = []
         for i, (tp, offset, value, row) in enumerate(self.pending):
             if isinstance(row, Refused) and i not in sent:
                 line = dead_letter(tp.topic, tp.partition, offset, value, row, keep)
                 letters.append(Message(self.rejected_topic, key_of(line), encode(line)))
+                indices.append(i)
                 counts[(tp.topic, row.reason)] += 1
                 if len(first) < 5:
                     first.append({"position": f"{tp.topic}:{tp.partition}:{offset}", "reason": row.reason,
                                   "detail": row.detail[:200]})
-                sent.add(i)
         if not letters:
             return
         await self.dead_letters.send_round(letters)
+        sent.update(indices)
         for (topic, reason), n in counts.items():
             metrics.DEAD_LETTERS.labels(topic, reason).inc(n)
         log.warning("messages dead-lettered to haproxy.logs.rejected", count=len(letters), first=first)
