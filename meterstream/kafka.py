@@ -89,6 +89,12 @@ async def read_to_end(settings: Settings, topic: str, timeout_s: float = 30.0,
                       since_ms: int | None = None) -> list[tuple[bytes | None, bytes]]:
     """Every (key, value) of ``topic`` up to its end offsets at the call: from the beginning,
     or from the first message written at or after ``since_ms`` (broker time)."""
+    return [(key, value) for _, _, key, value in await read_records_to_end(settings, topic, timeout_s, since_ms)]
+
+
+async def read_records_to_end(settings: Settings, topic: str, timeout_s: float = 30.0,
+                              since_ms: int | None = None) -> list[tuple[int, int, bytes | None, bytes | None]]:
+    """As ``read_to_end``, with each message's position: (partition, offset, key, value)."""
     import asyncio
     import time
 
@@ -108,7 +114,7 @@ async def read_to_end(settings: Settings, topic: str, timeout_s: float = 30.0,
             found = await consumer.offsets_for_times({tp: since_ms for tp in partitions})
             for tp in partitions:
                 consumer.seek(tp, ends[tp] if found.get(tp) is None else found[tp].offset)
-        out: list[tuple[bytes | None, bytes]] = []
+        out: list[tuple[int, int, bytes | None, bytes | None]] = []
         deadline = time.monotonic() + timeout_s
         async def behind() -> bool:
             for tp, end in ends.items():
@@ -121,7 +127,7 @@ async def read_to_end(settings: Settings, topic: str, timeout_s: float = 30.0,
                 raise TimeoutError(f"could not read {topic} to its end within {timeout_s}s")
             batch = await consumer.getmany(*partitions, timeout_ms=500)
             for tp, messages in batch.items():
-                out += [(m.key, m.value) for m in messages if m.offset < ends[tp]]
+                out += [(tp.partition, m.offset, m.key, m.value) for m in messages if m.offset < ends[tp]]
             await asyncio.sleep(0)
         return out
     finally:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import model_validator
 
 from meterstream.schemas import money
 from meterstream.schemas.enums import ApiKeyStatus, CustomerStatus, ServiceType, SpendWindow, Tier
-from meterstream.schemas.types import CustomerId, Fingerprint, KeyHash, Micros
+from meterstream.schemas.types import CustomerId, Fingerprint, KeyHash, Micros, Rps
 from meterstream.schemas.wire import WireModel
 
 
@@ -27,8 +27,8 @@ class InstanceState(WireModel):
     service_type: ServiceType
     tier: Tier
     enabled: bool = True
-    guaranteed_rps: int | None = Field(default=None, ge=0, description="override of the tier")
-    burst_rps: int | None = Field(default=None, ge=0, description="override of the tier")
+    guaranteed_rps: Rps | None = None  # override of the tier (service_instances.config)
+    burst_rps: Rps | None = None  # override of the tier
 
     @model_validator(mode="after")
     def _enterprise_has_limits(self) -> InstanceState:

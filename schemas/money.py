@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from decimal import Decimal, InvalidOperation
 
+from meterstream.schemas.types import INT64_MAX
+
 MICROS_PER_CENT = 10_000
 MICROS_PER_DOLLAR = 1_000_000
 # $1.00 per 10,000 billable requests, every tier
@@ -16,6 +18,9 @@ PRICE_PER_BILLABLE_REQUEST_MICROS = MICROS_PER_DOLLAR // 10_000  # 100 µ$
 SPEND_CAP_DEFAULT_CENTS = 200_000
 SPEND_CAP_MIN_CENTS = 10_000
 SPEND_CAP_MAX_CENTS = 5_000_000
+# the largest amount of a money column (balance, committed charges) whose micro-dollars still
+# fit the pipeline's int64 (schemas.types.Micros); the CHECKs of migration 0006 say the same
+CENTS_MAX = INT64_MAX // MICROS_PER_CENT
 
 
 def cents_to_micros(cents: int) -> int:

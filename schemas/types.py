@@ -41,6 +41,11 @@ EpochMs = Annotated[int, Field(ge=EPOCH_MS_MIN, le=EPOCH_MS_MAX)]
 Timer = Annotated[int, Field(ge=-1, le=INT32_MAX)]
 # a Kafka or file offset (BIGINT columns)
 Offset = Annotated[int, Field(ge=0, le=INT64_MAX)]
+# requests per second of a service instance (service_instances.config overrides, the vault's
+# map, the meter's allowances): a whole number within INTEGER, so that twice it (a burst)
+# still fits any 64-bit counter
+RPS_MAX = INT32_MAX
+Rps = Annotated[StrictInt, Field(ge=0, le=RPS_MAX)]
 
 # text that every consumer can store: no NUL character (Postgres TEXT refuses it); a pattern,
 # so pydantic-core checks it in Rust, in linear time

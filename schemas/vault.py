@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from meterstream.schemas.enums import Tier, VaultStatus
-from meterstream.schemas.types import CustomerId, KeyHash
+from meterstream.schemas.types import CustomerId, KeyHash, Rps, Text
 from meterstream.schemas.wire import WireModel
 
 ServiceName = Literal["seal", "grpc", "graphql"]
@@ -17,16 +17,16 @@ class ServiceEntry(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     tier: Tier
-    guaranteed_rps: int = Field(ge=0)
-    burst_rps: int | None = Field(default=None, ge=0)
+    guaranteed_rps: Rps
+    burst_rps: Rps | None = None
     enabled: bool = True
 
 
 class SealKeyEntry(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    id: str = Field(min_length=1)
-    package_ids: list[str] = []
+    id: Text = Field(min_length=1, max_length=100)  # seal_keys.seal_key_id
+    package_ids: list[Annotated[Text, Field(max_length=100)]] = []  # seal_key_packages.package_id
 
 
 class VaultEntry(WireModel):

@@ -12,7 +12,7 @@ from typing import Any, ClassVar, TypeVar
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-M = TypeVar("M", bound="WireModel")
+M = TypeVar("M", bound=BaseModel)
 
 
 class WireError(ValueError):
@@ -59,7 +59,8 @@ def _nested(value: object) -> object:
 
 
 def decode(model: type[M], payload: bytes | bytearray | memoryview | str) -> M:
-    """Parse and validate one topic value, raising WireError naming the bad field."""
+    """Parse and validate one topic value (or any JSON document a model describes: a
+    notification payload, a JSONB column), raising WireError naming the bad field."""
     try:
         data: Any = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:

@@ -8,7 +8,15 @@ ROWS = Counter("meterstream_sink_rows_total", "Rows inserted (new rows only)", [
 DUPLICATES = Counter("meterstream_sink_duplicates_total",
                      "Messages whose row was already there (a repeated record)", ["table"])
 UNDECODABLE = Counter("meterstream_sink_undecodable_total",
-                      "Messages that are not valid wire values (skipped, logged with their position)", ["topic"])
+                      "Messages that are not valid wire values (dead-lettered)", ["topic"])
+DEAD_LETTERS = Counter("meterstream_sink_dead_letters_total",
+                       "Messages sent to haproxy.logs.rejected instead of a table, by reason "
+                       "(null_value, invalid_record, refused_by_postgres)", ["topic", "reason"])
+ISOLATIONS = Counter("meterstream_sink_isolations_total",
+                     "Batches Postgres refused, searched for the rows it refuses (which were dead-lettered)")
+DEAD_LETTER_LATENCY = Histogram("meterstream_sink_dead_letter_latency_seconds",
+                                "From sending a batch's dead letters to Kafka's acknowledgement")
+DEAD_LETTER_FAILURES = Counter("meterstream_sink_dead_letter_failures_total", "Dead-letter sends retried")
 BATCH_SECONDS = Histogram("meterstream_sink_batch_seconds", "One batch: staging COPY, insert and offsets",
                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 FAILURES = Counter("meterstream_sink_postgres_failures_total", "Batches retried because Postgres failed")
@@ -28,3 +36,12 @@ VAULT_PRODUCE_LATENCY = Histogram("meterstream_vault_produce_latency_seconds",
                                   "From sending vault.updates to Kafka's acknowledgement")
 VAULT_PRODUCE_FAILURES = Counter("meterstream_vault_produce_failures_total", "vault.updates sends retried")
 VAULT_FAILURES = Counter("meterstream_vault_postgres_failures_total", "Postgres errors (retried with backoff)")
+VAULT_INVALID_ROWS = Gauge("meterstream_vault_invalid_rows",
+                           "Rows left out of the last build because they make no valid entry (logged with their "
+                           "table and key)", ["table"])
+VAULT_INVALID_NOTIFICATIONS = Counter("meterstream_vault_invalid_notifications_total",
+                                      "Notifications whose payload is not one of ours (ignored)", ["channel"])
+VAULT_DEAD_LETTERS = Counter("meterstream_vault_dead_letters_total",
+                             "vault.updates messages whose key names no customer: dead-lettered and tombstoned")
+for _table in ("service_instances", "seal_keys", "customers"):
+    VAULT_INVALID_ROWS.labels(_table).set(0)

@@ -9,6 +9,12 @@ offsets, so after a crash nothing is applied twice and nothing is skipped; the g
 committed offsets are not used. A repeated record (same request_id, e.g. from a tailer
 restart) inserts nothing. While Postgres is away the batch is retried with backoff and
 nothing more is consumed; memory is bounded by ``sink.batch_rows``.
+
+A message that makes no row (no value, not a valid wire value: sinks/decode.py) or whose row
+the table refuses (sinks/isolate.py) is dead-lettered to ``haproxy.logs.rejected``: the dead
+letters of a batch are acknowledged by Kafka before the transaction that moves its offsets
+commits, so each message ends in exactly one place (a crash between the two repeats those
+dead letters, never a row; docs/sinks.md).
 """
 
 from __future__ import annotations
@@ -21,16 +27,22 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
 from meterstream import logs, pg
+from meterstream.producer import Message, RoundProducer
 from meterstream.schemas import topics
-from meterstream.schemas.wire import WireError, decode
+from meterstream.schemas.topics import key_of
+from meterstream.schemas.wire import encode
 from meterstream.service import FailureClock
 from meterstream.settings import Settings
 from meterstream.sinks import limit_events, metrics, raw_logs, usage
+from meterstream.sinks.decode import INVALID_RECORD, REFUSED_BY_POSTGRES, Refused, dead_letter, row_of
+from meterstream.sinks.isolate import REFUSED, refused_rows
 
 log = logs.get(__name__)
 LAG_INTERVAL_S = 1.0
 # topic -> its handler module: MODEL, TABLE, STAGING, COLUMNS, row(value), write(conn, rows)
 HANDLERS = {topics.HAPROXY_LOGS: raw_logs, topics.METER_USAGE: usage, topics.METER_BREACHES: limit_events}
+# a message taken: its partition, offset, value, and its row or why it is a dead letter
+Taken = tuple[TopicPartition, int, bytes | None, tuple | Refused]
 
 
 class _Seeker(ConsumerRebalanceListener):
@@ -52,21 +64,29 @@ class PostgresSink:
         self.handlers = {settings.topic(name): HANDLERS[name] for name in settings.sink.topics}
         self.consumer_name = settings.sink.consumer
         self.lock = asyncio.Lock()
-        self.pending: list[tuple[TopicPartition, int, tuple | None]] = []  # (tp, offset, row)
+        self.pending: list[Taken] = []
         self.expected: dict[TopicPartition, int] = {}  # next offset to take, per partition
         self.conn: asyncpg.Connection | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.stop_requested = asyncio.Event()
         self.failure = FailureClock()
+        self.dead_letters = RoundProducer(settings, "sink-postgres", metrics.DEAD_LETTER_LATENCY,
+                                          metrics.DEAD_LETTER_FAILURES)
+        self.rejected_topic = settings.topic(topics.HAPROXY_LOGS_REJECTED)
 
     def health(self) -> tuple[bool, dict[str, object]]:
-        return self.failure.healthy(), {"failing_s": round(self.failure.seconds(), 1), "pending": len(self.pending)}
+        failing = max(self.failure.seconds(), self.dead_letters.failure.seconds())
+        return self.failure.healthy() and self.dead_letters.failure.healthy(), {
+            "failing_s": round(failing, 1), "pending": len(self.pending)}
 
     # -- Postgres ----------------------------------------------------------------------------
     async def _connection(self) -> asyncpg.Connection:
         while self.conn is None or self.conn.is_closed():
             try:
                 conn = await pg.connect(self.settings, give_up_after_s=0)  # one try: backoff is ours
+                # minutes and hours are UTC ones (the CHECKs and the hour roll-up truncate in
+                # the session's zone, which a server default of +05:30 would shift)
+                await conn.execute("SET TIME ZONE 'UTC'")
                 for handler in self.handlers.values():
                     await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {handler.STAGING} "
                                        f"(LIKE {handler.TABLE} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
@@ -114,26 +134,31 @@ class PostgresSink:
             self.expected.pop(tp, None)
 
     async def flush(self) -> None:
-        """Write the pending batch and its offsets in one transaction; retry until it is in."""
+        """Write the pending batch and its offsets in one transaction; retry until it is in.
+        Its dead letters are acknowledged by Kafka first."""
         async with self.lock:
             if not self.pending:
                 return
-            rows: dict[str, list[tuple]] = defaultdict(list)
-            next_offsets: dict[tuple[str, int], int] = {}
-            for tp, offset, row in self.pending:
-                if row is not None:
-                    rows[tp.topic].append(row)
-                key = (tp.topic, tp.partition)
-                next_offsets[key] = max(next_offsets.get(key, 0), offset + 1)
+            sent: set[int] = set()  # dead letters already acknowledged (by index in pending)
             while True:
+                await self._send_dead_letters(sent)
+                rows: dict[str, list[tuple[int, tuple]]] = defaultdict(list)
+                next_offsets: dict[tuple[str, int], int] = {}
+                for i, (tp, offset, _, row) in enumerate(self.pending):
+                    if not isinstance(row, Refused):
+                        rows[tp.topic].append((i, row))
+                    key = (tp.topic, tp.partition)
+                    next_offsets[key] = max(next_offsets.get(key, 0), offset + 1)
                 started = time.monotonic()
+                conn: asyncpg.Connection | None = None
                 try:
                     conn = await self._connection()
                     written = {}
                     async with conn.transaction():
                         for topic, topic_rows in rows.items():
                             handler = self.handlers[topic]
-                            written[handler.TABLE] = (await handler.write(conn, topic_rows), len(topic_rows))
+                            written[handler.TABLE] = (await handler.write(conn, [r for _, r in topic_rows]),
+                                                      len(topic_rows))
                         await conn.executemany(
                             """INSERT INTO sink_offsets (consumer, topic, partition, next_offset)
                                VALUES ($1, $2, $3, $4)
@@ -142,6 +167,13 @@ class PostgresSink:
                                    updated_at = now()""",
                             [(self.consumer_name, t, p, o) for (t, p), o in next_offsets.items()])
                     break
+                except REFUSED as exc:  # a row the table refuses: find it, dead-letter it, write the rest
+                    if conn is None:
+                        raise
+                    try:
+                        await self._isolate(conn, rows, exc)
+                    except pg.TRANSIENT as again:
+                        await self._backoff(again)
                 except pg.TRANSIENT as exc:
                     await self._backoff(exc)
             metrics.BATCH_SECONDS.observe(time.monotonic() - started)
@@ -150,6 +182,44 @@ class PostgresSink:
                 metrics.DUPLICATES.labels(table).inc(taken - new)
             self.failure.recovered()
             self.pending = []
+
+    async def _isolate(self, conn: asyncpg.Connection, rows: dict[str, list[tuple[int, tuple]]],
+                       error: BaseException) -> None:
+        metrics.ISOLATIONS.inc()
+        found = await refused_rows(conn, [(self.handlers[topic], topic_rows) for topic, topic_rows in rows.items()])
+        if not found:  # no single row is refused: not a value's fault, so not a dead letter
+            log.error("postgres refused a batch, but none of its rows alone", error=f"{type(error).__name__}: {error}"[:300])
+            raise error
+        for i, why in found.items():
+            tp, offset, value, _ = self.pending[i]
+            self.pending[i] = (tp, offset, value, Refused(REFUSED_BY_POSTGRES, why))
+        log.error("postgres refused rows of a batch: dead-lettered, the rest is written", rows=len(found),
+                  error=next(iter(found.values()))[:300])
+
+    async def _send_dead_letters(self, sent: set[int]) -> None:
+        """Publishes the batch's dead letters not yet acknowledged, and waits for Kafka's
+        acknowledgement."""
+        keep = self.settings.produce.dead_letter_raw_bytes
+        letters: list[Message] = []
+        indices: list[int] = []
+        counts: dict[tuple[str, str], int] = defaultdict(int)
+        first: list[dict[str, str]] = []
+        for i, (tp, offset, value, row) in enumerate(self.pending):
+            if isinstance(row, Refused) and i not in sent:
+                line = dead_letter(tp.topic, tp.partition, offset, value, row, keep)
+                letters.append(Message(self.rejected_topic, key_of(line), encode(line)))
+                indices.append(i)
+                counts[(tp.topic, row.reason)] += 1
+                if len(first) < 5:
+                    first.append({"position": f"{tp.topic}:{tp.partition}:{offset}", "reason": row.reason,
+                                  "detail": row.detail[:200]})
+        if not letters:
+            return
+        await self.dead_letters.send_round(letters)
+        sent.update(indices)
+        for (topic, reason), n in counts.items():
+            metrics.DEAD_LETTERS.labels(topic, reason).inc(n)
+        log.warning("messages dead-lettered to haproxy.logs.rejected", count=len(letters), first=first)
 
     # -- Kafka -------------------------------------------------------------------------------
     def _take(self, tp: TopicPartition, offset: int, value: bytes | None) -> None:
@@ -160,16 +230,13 @@ class PostgresSink:
         if expected is None or offset < expected:
             return
         self.expected[tp] = offset + 1
-        row = None
-        if value is not None:
-            handler = self.handlers[tp.topic]
-            try:
-                row = handler.row(decode(handler.MODEL, value))
-            except WireError as exc:
+        try:
+            row: tuple | Refused = row_of(self.handlers[tp.topic], value)
+        except Refused as refused:
+            if refused.reason == INVALID_RECORD:
                 metrics.UNDECODABLE.labels(tp.topic).inc()
-                log.error("message is not a valid wire value: skipped", topic=tp.topic, partition=tp.partition,
-                          offset=offset, error=str(exc)[:300])
-        self.pending.append((tp, offset, row))
+            row = refused
+        self.pending.append((tp, offset, value, row))
 
     async def run(self) -> None:
         s = self.settings
@@ -197,6 +264,7 @@ class PostgresSink:
             await self.flush()
         finally:
             await asyncio.wait_for(self.consumer.stop(), s.produce.stop_timeout_s)
+            await self.dead_letters.stop()
             if self.conn is not None:
                 await self.conn.close()
 

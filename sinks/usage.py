@@ -1,5 +1,9 @@
 """meter.usage -> usage_minutes (absolute totals, newer revisions only) and usage_records
-(hourly, recomputed from the minutes of the hours a batch touched: absolute, so idempotent)."""
+(hourly, recomputed from the minutes of the hours a batch touched: absolute, so idempotent).
+
+A minute's totals are each within BIGINT (schemas.types.Count), but an hour sums up to 240 of
+them (60 minutes x 4 networks): its totals saturate at the BIGINT maximum, as the meter's own
+totals do, rather than overflow and make Postgres refuse the batch."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import asyncpg
 
+from meterstream.schemas.types import INT64_MAX
 from meterstream.schemas.usage import COUNTS, UsageWindow
 
 TABLE = "usage_minutes"
@@ -37,7 +42,7 @@ async def write(conn: asyncpg.Connection, rows: list[tuple]) -> int:
                    OR ({TABLE}.revision = EXCLUDED.revision AND EXCLUDED.final AND NOT {TABLE}.final)
                 RETURNING 1)
             SELECT count(*) FROM up""")
-    sums = ", ".join(f"sum({c})" for c in COUNTS)
+    sums = ", ".join(f"LEAST(sum({c}), {INT64_MAX})::bigint" for c in COUNTS)
     await conn.execute(
         f"""WITH hours AS (SELECT DISTINCT customer_id, service_type, date_trunc('hour', window_start) AS h
                            FROM {STAGING})

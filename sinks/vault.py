@@ -13,6 +13,11 @@ service instances, API keys: ``meterstream_config``; limit events, seal keys:
 
 Postgres or Kafka away: retried with backoff; HAProxy away: the map file is written anyway
 (a reload picks it up) and the live update is retried at the next build.
+
+No input stops it: a configuration row that makes no valid entry is left out of the build and
+reported (``meterstream_vault_invalid_rows``, a log line naming its table and key); a
+vault.updates message whose key names no customer is dead-lettered to haproxy.logs.rejected
+and tombstoned; a notification payload that is not one of ours is counted and ignored.
 """
 
 from __future__ import annotations
@@ -24,21 +29,25 @@ from pathlib import Path
 import asyncpg
 
 from meterstream import logs, pg
-from meterstream.kafka import read_to_end
+from meterstream.kafka import read_records_to_end
 from meterstream.producer import Message, RoundProducer
 from meterstream.schemas import topics
 from meterstream.schemas.enums import VaultStatus
+from meterstream.schemas.notifications import CONFIG_CHANNEL, VAULT_CHANNEL, config_change, vault_change
+from meterstream.schemas.records import RejectedLine, SourcePosition
 from meterstream.schemas.topics import key_of
-from meterstream.schemas.wire import encode
+from meterstream.schemas.wire import WireError, encode
 from meterstream.service import FailureClock
 from meterstream.settings import Settings
 from meterstream.sinks import metrics
 from meterstream.sinks.haproxy_runtime import replace_map
-from meterstream.sinks.vault_state import VaultState, build
+from meterstream.sinks.vault_state import SkippedRow, VaultState, build
 from meterstream.sinks.vault_store import VaultStore, map_text, write_atomically
+from meterstream.sinks.vault_updates import Foreign, held
 
 log = logs.get(__name__)
-CHANNELS = ("meterstream_config", "meterstream_vault")
+CHANNELS = {CONFIG_CHANNEL: config_change, VAULT_CHANNEL: vault_change}  # channel -> payload validator
+IGNORED_LOG_S = 10.0  # at most one log line this often about ignored notifications
 
 
 class Vault:
@@ -55,6 +64,9 @@ class Vault:
         self.producer = RoundProducer(settings, "vault", metrics.VAULT_PRODUCE_LATENCY, metrics.VAULT_PRODUCE_FAILURES)
         self.failure = FailureClock()
         self.builds = 0
+        self.skipped: dict[tuple[str, str], str] = {}  # (table, key) -> why, in the last build
+        self.ignored_since_log = 0
+        self.ignored_logged_at = float("-inf")
 
     def health(self) -> tuple[bool, dict[str, object]]:
         return self.failure.healthy(), {"builds": self.builds, "failing_s": round(self.failure.seconds(), 1)}
@@ -63,20 +75,44 @@ class Vault:
         self.stop_requested.set()
         self.wake.set()
 
-    def _notified(self, *_: object) -> None:
+    def _notified(self, _conn: object, _pid: int, channel: str, payload: str) -> None:
+        try:
+            CHANNELS[channel](payload)
+        except WireError as exc:  # any login may NOTIFY anything: counted and ignored
+            metrics.VAULT_INVALID_NOTIFICATIONS.labels(channel).inc()
+            self.ignored_since_log += 1
+            if time.monotonic() - self.ignored_logged_at >= IGNORED_LOG_S:
+                log.warning("notification ignored: not one of ours", channel=channel, error=str(exc)[:200],
+                            ignored=self.ignored_since_log)
+                self.ignored_since_log, self.ignored_logged_at = 0, time.monotonic()
+            return
         self.wake.set()
 
     async def prepare(self) -> None:
-        """What vault.updates and the map file hold already."""
+        """What vault.updates and the map file hold already. A message whose key names no
+        customer is dead-lettered, then tombstoned (so a restart does not report it again)."""
         name = self.settings.topic(topics.VAULT_UPDATES)
-        for key, value in await read_to_end(self.settings, name):
-            if key is not None:
-                if value is None:
-                    self.published.pop(int(key), None)
-                else:
-                    self.published[int(key)] = value
+        found = held(await read_records_to_end(self.settings, name))
+        self.published = found.published
+        if found.foreign:
+            await self._dead_letter(name, found.foreign)
         if self.map_path.exists():
             self.map_content = self.map_path.read_bytes()
+
+    async def _dead_letter(self, name: str, foreign: list[Foreign]) -> None:
+        rejected_topic = self.settings.topic(topics.HAPROXY_LOGS_REJECTED)
+        letters = []
+        for f in foreign:
+            line = RejectedLine.of(
+                f.value or b"", source=name, position=SourcePosition(stream=f"{name}:{f.partition}"[:256], offset=f.offset),
+                reason="invalid_key", detail=f"key {f.key!r:.200} names no customer: {f.reason}",
+                keep=self.settings.produce.dead_letter_raw_bytes)
+            letters.append(Message(rejected_topic, key_of(line), encode(line)))
+            log.error("vault.updates message dead-lettered: its key names no customer", topic=name,
+                      partition=f.partition, offset=f.offset, reason=f.reason)
+        await self.producer.send_round(letters)  # acknowledged before the tombstones
+        await self.producer.send_round([Message(name, f.key, None) for f in foreign if f.key is not None])
+        metrics.VAULT_DEAD_LETTERS.inc(len(foreign))
 
     async def run(self) -> None:
         await self.prepare()
@@ -117,6 +153,7 @@ class Vault:
         metrics.VAULT_BUILDS.inc()
         metrics.VAULT_BUILD_SECONDS.observe(time.perf_counter() - started)
         self.builds += 1
+        self._report(state.skipped)
         # 1. what HAProxy enforces
         content = map_text(state.map_lines)
         if content != self.map_content:
@@ -154,3 +191,17 @@ class Vault:
             metrics.VAULT_UPDATES_PUBLISHED.inc(len(changed) + len(gone))
             self.published = current
         return state
+
+    def _report(self, skipped: list[SkippedRow]) -> None:
+        """The rows left out of this build: a log line when one is new (or its reason changed),
+        and the gauge by table."""
+        now = {(row.table, row.key): row.error for row in skipped}
+        for (table, key), error in now.items():
+            if self.skipped.get((table, key)) != error:
+                log.error("configuration row left out of the vault: it makes no valid entry", table=table, key=key,
+                          error=error[:300])
+        for table, key in self.skipped.keys() - now.keys():
+            log.info("configuration row back in the vault", table=table, key=key)
+        self.skipped = now
+        for table in {"service_instances", "seal_keys", "customers"} | {t for t, _ in now}:
+            metrics.VAULT_INVALID_ROWS.labels(table).set(sum(1 for t, _ in now if t == table))

@@ -12,20 +12,26 @@ Status, in this order:
 "Latest" orders a family's events by event time, then by their crossing number (the last
 part of the window label), then a recovery after a crossing at the same instant (a cap
 raised at the very watermark of the crossing).
+
+A row that makes no valid entry (a ``service_instances.config`` that is not InstanceConfig, a
+seal key without an id: rows older than migration 0006) is skipped and listed in
+``VaultState.skipped``; the rest of the vault is built as usual. A skipped service instance
+makes its keys ``suspended`` in the map, as a missing instance does.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
-import orjson
 
 from meterstream.schemas.enums import LimitKind, ServiceType, Tier, VaultStatus
 from meterstream.schemas.tiers import effective_limits
 from meterstream.schemas.vault import SealKeyEntry, ServiceEntry, VaultEntry
+from meterstream.schemas.wire import WireError, validate
 
 OPENING = {LimitKind.SPEND_CAP_REACHED, LimitKind.BALANCE_EXHAUSTED, LimitKind.RATE_EXCEEDED}
 SERVICE_NAMES = {ServiceType.SEAL: "seal", ServiceType.GRPC: "grpc", ServiceType.GRAPHQL: "graphql"}
@@ -51,15 +57,25 @@ FROM (SELECT customer_id, kind, service_type, region_id, at, window_label,
       WHERE kind IN ('spend_cap_reached', 'spend_cleared', 'balance_exhausted', 'balance_restored',
                      'rate_exceeded', 'rate_cleared') AND customer_id > 0) e
 ORDER BY customer_id, family, service_type, region_id, at DESC,
-         COALESCE(NULLIF(regexp_replace(split_part(window_label, ':', 2), '[^0-9]', '', 'g'), ''), '0')::bigint DESC,
+         COALESCE(NULLIF(regexp_replace(split_part(window_label, ':', 2), '[^0-9]', '', 'g'), ''), '0')::numeric DESC,
          kind IN ('spend_cleared', 'balance_restored', 'rate_cleared') DESC
 """
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedRow:
+    """A row that makes no valid vault entry: its table, its key (never a secret) and why."""
+
+    table: str
+    key: str
+    error: str
 
 
 @dataclass(frozen=True)
 class VaultState:
     entries: list[VaultEntry]  # one per customer, by customer id
     map_lines: list[str]  # the HAProxy map: one line per active API key, by key hash
+    skipped: list[SkippedRow] = field(default_factory=list)
 
 
 def map_value(customer_id: int, service: ServiceEntry | None, status: VaultStatus) -> str:
@@ -88,35 +104,60 @@ async def build(conn: asyncpg.Connection) -> VaultState:
                FROM seal_keys k LEFT JOIN seal_key_packages p USING (seal_key_id)
                WHERE k.enabled GROUP BY k.customer_id, k.seal_key_id ORDER BY k.customer_id, k.seal_key_id""")
         latest = await conn.fetch(_LATEST_SQL)
+    skipped: list[SkippedRow] = []
     hashes: dict[int, list[str]] = defaultdict(list)
     for row in keys:
         hashes[row["customer_id"]].append(row["api_key_hash"].strip())
     services: dict[int, dict[str, ServiceEntry]] = defaultdict(dict)
     for row in instances:
-        services[row["customer_id"]][SERVICE_NAMES[ServiceType(row["service_type"])]] = _service(row)
+        try:
+            name, entry = service_entry(row)
+        except WireError as exc:
+            skipped.append(SkippedRow("service_instances", f"{row['customer_id']}:{row['service_type']}", str(exc)))
+            continue
+        services[row["customer_id"]][name] = entry
     seal_keys: dict[int, list[SealKeyEntry]] = defaultdict(list)
     for row in seals:
-        seal_keys[row["customer_id"]].append(SealKeyEntry(id=row["seal_key_id"], package_ids=list(row["packages"])))
+        try:
+            seal_keys[row["customer_id"]].append(seal_key_entry(row))
+        except WireError as exc:
+            skipped.append(SkippedRow("seal_keys", f"{row['customer_id']}:{row['seal_key_id'][:100]!r}", str(exc)))
     open_breaches: dict[int, set[LimitKind]] = defaultdict(set)
     for row in latest:
         kind = LimitKind(row["kind"])
         if kind in OPENING:
             open_breaches[row["customer_id"]].add(kind)
-    entries = [VaultEntry(customer_id=c["customer_id"], api_keys=sorted(hashes[c["customer_id"]]),
-                          services=services[c["customer_id"]], seal_keys=seal_keys[c["customer_id"]],
-                          status=status_of(c["status"], open_breaches[c["customer_id"]]))
-               for c in customers]
+    entries = []
+    for c in customers:
+        customer = c["customer_id"]
+        try:
+            entries.append(validate(VaultEntry, {
+                "customer_id": customer, "api_keys": sorted(hashes[customer]), "services": services[customer],
+                "seal_keys": seal_keys[customer], "status": status_of(c["status"], open_breaches[customer])}))
+        except WireError as exc:  # its keys are then unknown to the map
+            skipped.append(SkippedRow("customers", str(customer), str(exc)))
     by_id = {e.customer_id: e for e in entries}
     lines = []
     for row in keys:
-        entry = by_id[row["customer_id"]]
+        entry = by_id.get(row["customer_id"])
+        if entry is None:
+            continue
         service = entry.services.get(SERVICE_NAMES[ServiceType(row["service_type"])])
         lines.append(f"{row['api_key_hash'].strip()} {map_value(entry.customer_id, service, entry.status)}")
-    return VaultState(entries, lines)
+    return VaultState(entries, lines, skipped)
 
 
-def _service(row: Any) -> ServiceEntry:
-    config = orjson.loads(row["config"])
-    limits = effective_limits(Tier(row["tier"]), config)
-    return ServiceEntry(tier=Tier(row["tier"]), guaranteed_rps=limits.guaranteed_rps, burst_rps=limits.burst_rps,
-                        enabled=row["enabled"])
+def service_entry(row: Mapping[str, Any]) -> tuple[str, ServiceEntry]:
+    """(service name, entry) of a service_instances row; raises WireError."""
+    try:
+        name, tier = SERVICE_NAMES[ServiceType(row["service_type"])], Tier(row["tier"])
+    except (ValueError, KeyError):
+        raise WireError("service_instances", "service_type", "not a service and tier of SPEC §2-3") from None
+    limits = effective_limits(tier, row["config"])
+    return name, validate(ServiceEntry, {"tier": tier, "guaranteed_rps": limits.guaranteed_rps,
+                                         "burst_rps": limits.burst_rps, "enabled": row["enabled"]})
+
+
+def seal_key_entry(row: Mapping[str, Any]) -> SealKeyEntry:
+    """The entry of a seal_keys row with its packages; raises WireError."""
+    return validate(SealKeyEntry, {"id": row["seal_key_id"], "package_ids": list(row["packages"] or ())})

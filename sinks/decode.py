@@ -1,0 +1,51 @@
+"""A message of a sink topic -> the row of its table, or the refusal that dead-letters it.
+
+Every value is validated by its wire model (schemas/), whose fields are bounded to what the
+table's columns hold; the handler then builds the row. Whatever the bytes, ``row_of`` returns a
+row or raises ``Refused``: the sink sends that message to ``haproxy.logs.rejected`` (built by
+``dead_letter``) and goes on.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from meterstream.schemas.records import RejectedLine, SourcePosition
+from meterstream.schemas.wire import WireError, decode
+
+# reasons of the sink's dead letters (RejectedLine.reason)
+NULL_VALUE = "null_value"  # a message without a value (a tombstone on a topic that has none)
+INVALID_RECORD = "invalid_record"  # not a valid value of the topic's wire model
+REFUSED_BY_POSTGRES = "refused_by_postgres"  # valid, but the table refused its row (sinks/isolate.py)
+
+
+class Refused(Exception):
+    """Why a message becomes a dead letter instead of a row."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def row_of(handler: ModuleType, value: bytes | None) -> tuple:
+    """The row of ``handler.TABLE`` a message value makes; raises Refused."""
+    if value is None:
+        raise Refused(NULL_VALUE, "a message without a value (tombstone)")
+    try:
+        model = decode(handler.MODEL, value)
+    except WireError as exc:
+        raise Refused(INVALID_RECORD, str(exc)) from None
+    try:
+        return handler.row(model)
+    except (ValueError, OverflowError) as exc:  # a row builder's own check of a column
+        raise Refused(INVALID_RECORD, f"{type(exc).__name__}: {exc}") from None
+
+
+def dead_letter(topic: str, partition: int, offset: int, value: bytes | None, refused: Refused,
+                keep: int) -> RejectedLine:
+    """The dead letter of a message: ``source`` is its topic, ``position`` its topic:partition
+    and offset, ``raw`` its value (base64 when it is not UTF-8 text)."""
+    position = SourcePosition(stream=f"{topic}:{partition}"[:256], offset=offset)
+    return RejectedLine.of(value or b"", source=topic, position=position, reason=refused.reason,
+                           detail=refused.detail, keep=keep)
