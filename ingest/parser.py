@@ -59,6 +59,10 @@ def _parse(raw: bytes | str, src: SourcePosition) -> LogRecord | Rejected:
             return Rejected("invalid_utf8", f"invalid byte at {exc.start}")
     else:
         text = raw
+        try:  # a str can hold what UTF-8 cannot (lone surrogates): no record could carry it
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return Rejected("invalid_utf8", f"unencodable character at {exc.start}")
     text = text.rstrip("\r\n")
     if not text.strip():
         return Rejected("empty_line", REASONS["empty_line"])
