@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from meterstream.ingest.parser import REASONS
+
 LINES_READ = Counter("meterstream_ingest_lines_read_total", "Lines read from files or syslog", ["input"])
 RECORDS_PRODUCED = Counter("meterstream_ingest_records_produced_total",
                            "LogRecords acknowledged by Kafka on haproxy.logs")
@@ -21,6 +23,5 @@ CHECKPOINT_AGE = Gauge("meterstream_ingest_checkpoint_age_seconds",
 DROPPED = Counter("meterstream_ingest_syslog_dropped_total",
                   "UDP syslog datagrams dropped because the queue was full (UDP has no back-pressure)")
 
-for reason in ("empty_line", "invalid_utf8", "line_too_long", "not_json", "truncated",
-               "unknown_format", "invalid_field"):
+for reason in REASONS:
     REJECTED.labels(reason)  # export zeros, so rates and alerts work from the start

@@ -3,7 +3,8 @@
     %ci:%cp [%tr] %ft %b/%s %TR/%Tw/%Tc/%Tr/%Ta %ST %B %CC %CS %tsc %ac/%fc/%bc/%sc/%rc
     %sq/%bq {%hrl} {%hsl} %{+Q}r
 
-The captured request headers ({%hrl}, '|'-separated) carry, in this order (docs/ingest.md):
+The captured request headers ({%hrl}, '|'-separated) are read by the layout of the line's
+frontend (`parse.request_captures`, ingest/capture_layout.py); by default, in this order:
 api_key_fp, service_type, network, server_id, fe_type, traffic_type, event_type,
 key_metadata, config_hex. Missing or empty captures leave the fields absent. `%tr` has no
 zone: it is read as UTC (run HAProxy with TZ=UTC, or use the JSON format).
@@ -19,11 +20,9 @@ import re
 from datetime import UTC, datetime
 from typing import Any
 
-from meterstream.ingest.parse_fields import ABSENT, FieldError, fingerprint
+from meterstream.ingest.capture_layout import CaptureLayouts, Layout
+from meterstream.ingest.parse_fields import FieldError
 from meterstream.schemas.records import PATH_PREFIX_LEN
-
-CAPTURED = ("api_key_fp", "service_type", "network", "server_id", "fe_type", "traffic_type",
-            "event_type", "key_metadata", "config_hex")
 
 # the tokens before the captures and the request: %ci:%cp .. %sq/%bq
 _FIXED = 12
@@ -113,7 +112,9 @@ def _tokens(message: str) -> tuple[list[str], str]:
     return tokens, rest
 
 
-def fields(message: str) -> dict[str, Any]:
+def fields(message: str, layouts: CaptureLayouts) -> tuple[dict[str, Any], Layout]:
+    """The LogRecord fields of the line (request_id and src are the parser's), and the capture
+    layout of its frontend."""
     tokens, rest = _tokens(message)
     client, date, frontend, server, timers, status, sent, _cc, _cs, tsc, conns, queues = tokens
     ci, colon, cp = client.rpartition(":")
@@ -131,23 +132,19 @@ def fields(message: str) -> dict[str, Any]:
         raise NotHttplog("termination state is not 4 characters")
     _parts(conns, 5)
     _parts(queues, 2)
-    hrl, rest = _block(rest)
-    _hsl, rest = _block(rest)
+    first, rest = _block(rest)
+    _second, rest = _block(rest)
     request = _request(rest)
-    captured: dict[str, str] = {}
-    if hrl:
-        captured = dict(zip(CAPTURED, hrl.split("|", len(CAPTURED)), strict=False))
-    record: dict[str, Any] = {k: v for k, v in captured.items() if v not in ABSENT}
+    layout = layouts.of(frontend)
+    # a frontend without request captures logs only its response captures' block, if any
+    record = layout.read(first) if first is not None and layout.names else {}
     record.update({
         "ts": _accept_date(date[1:-1]),
-        "request_id": None,
         "client_ip": ci,
-        "api_key_fp": fingerprint(captured.get("api_key_fp")),
         "status": status,
         "bytes_sent": sent,
         "path": _path(request),
         "TR": tr, "Tw": tw, "Tc": tc, "Tr": tr_, "Ta": ta,
-        "backend_id": None,  # httplog names the backend (%b), it does not number it
         "termination_state": tsc,
     })
-    return record
+    return record, layout

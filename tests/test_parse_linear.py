@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from meterstream.ingest.parser import Rejected, parse
+from meterstream.ingest.parser import Parser, Rejected, parse
 from meterstream.schemas import LogRecord
 from meterstream.schemas.records import SourcePosition
 from meterstream.schemas.wire import encode
@@ -167,12 +167,16 @@ def near_miss(draw: st.DrawFn) -> str:
     return line[:MAX]
 
 
+# the default layout, and others: the frontend of the bases ("api") with host first, none
+PARSERS = [Parser(), Parser({"api": ["host", "api_key_fp", "service_type"], "*": []}), Parser({"api": []})]
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.data_too_large])
-@given(near_miss(), st.booleans())
-def test_near_miss_lines_are_records_or_classified_rejections(line: str, as_bytes: bool) -> None:
+@given(near_miss(), st.booleans(), st.sampled_from(PARSERS))
+def test_near_miss_lines_are_records_or_classified_rejections(line: str, as_bytes: bool, parser: Parser) -> None:
     raw: str | bytes = line.encode("utf-8", errors="surrogatepass") if as_bytes else line
-    result = parse(raw, SRC)
+    result = parser.parse(raw, SRC)
     assert isinstance(result, (LogRecord, Rejected))
     if isinstance(result, Rejected):
         assert not caught_by_the_guard(result), result
