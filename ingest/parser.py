@@ -4,6 +4,8 @@ Accepts the project's JSON line and the stock `option httplog` line, each with o
 RFC 3164 / RFC 5424 syslog header. Never raises on any input: whatever does not parse is a
 Rejected with a machine-readable reason and a detail for people. A Parser is configured once
 (the capture layouts of `parse.request_captures`); `parse()` uses the default configuration.
+`Parser.encoded` also writes the record's Kafka key and value, under the same guard: what
+it returns can be produced, so nothing between a line and Kafka can raise.
 """
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+
+import orjson
+from pydantic import BaseModel
 
 from meterstream.ingest import parse_httplog, parse_json, syslog_header
 from meterstream.ingest.capture_layout import CaptureLayouts, CaptureMismatch, Layout
 from meterstream.ingest.parse_fields import FieldError
 from meterstream.schemas.records import LogRecord, SourcePosition
-from meterstream.schemas.wire import WireError, validate
+from meterstream.schemas.topics import key_of
+from meterstream.schemas.wire import WireError, encode, validate
 from meterstream.settings import Settings
 
 # HAProxy's default maximum log line length: a longer line arrives cut there
@@ -28,6 +33,15 @@ HAPROXY_DEFAULT_LOG_LEN = 1024
 class Rejected:
     reason: str  # one of REASONS
     detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Encoded:
+    """A record with its haproxy.logs key and value, ready to produce."""
+
+    record: LogRecord
+    key: bytes
+    value: bytes
 
 
 REASONS = {
@@ -64,6 +78,18 @@ class Parser:
             return self._parse(raw, src)
         except Exception as exc:  # noqa: BLE001 - the contract: nothing escapes, all is reported
             return Rejected("unknown_format", f"unexpected {type(exc).__name__}: {exc}")
+
+    def encoded(self, raw: bytes | str, src: SourcePosition) -> Encoded | Rejected:
+        """The line as its haproxy.logs message, or why not. The model bounds every field to
+        what JSON and the tables hold; should a value still not encode, the line is a dead
+        letter naming the field rather than an exception in the tailer's loop."""
+        result = self.parse(raw, src)
+        if isinstance(result, Rejected):
+            return result
+        try:
+            return Encoded(result, key_of(result), encode(result))
+        except Exception as exc:  # noqa: BLE001 - the contract: nothing escapes, all is reported
+            return Rejected("invalid_field", f"{_unencodable(result)}: cannot be encoded ({type(exc).__name__}: {exc})")
 
     def _parse(self, raw: bytes | str, src: SourcePosition) -> LogRecord | Rejected:
         if isinstance(raw, bytes):
@@ -109,6 +135,22 @@ class Parser:
             position = layout.position(exc.field) if layout is not None else None
             where = "" if position is None else f" ({layout.where(position)})"  # type: ignore[union-attr]
             return Rejected("invalid_field", f"{exc.field}: {exc.message}{where}")
+
+
+def _unencodable(record: LogRecord) -> str:
+    """The first field of ``record`` that JSON cannot carry."""
+    for name, value in record.__dict__.items():
+        try:
+            orjson.dumps(value, default=_nested)
+        except Exception:  # noqa: BLE001 - any failure names the field
+            return name
+    return "(record)"
+
+
+def _nested(value: object) -> object:
+    if isinstance(value, BaseModel):
+        return value.__dict__
+    raise TypeError(f"cannot encode {type(value).__name__}")
 
 
 _DEFAULT = Parser()

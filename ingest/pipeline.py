@@ -7,7 +7,7 @@ from meterstream.ingest import metrics
 from meterstream.ingest.parser import Parser, Rejected
 from meterstream.producer import Message
 from meterstream.schemas import topics
-from meterstream.schemas.records import LogRecord, RejectedLine, SourcePosition
+from meterstream.schemas.records import RejectedLine, SourcePosition
 from meterstream.schemas.wire import encode
 from meterstream.settings import Settings
 
@@ -23,13 +23,10 @@ class Encoder:
         if too_long:
             return self.rejected(data, position, source, "line_too_long",
                                  f"{too_long} bytes, more than the configured maximum", too_long)
-        result = self.parser.parse(data, position)
+        result = self.parser.encoded(data, position)
         if isinstance(result, Rejected):
             return self.rejected(data, position, source, result.reason, result.detail)
-        return self.record(result)
-
-    def record(self, record: LogRecord) -> Message:
-        return Message(self.logs_topic, topics.key_of(record), encode(record), record.ts)
+        return Message(self.logs_topic, result.key, result.value, result.record.ts)
 
     def rejected(self, data: bytes, position: SourcePosition | None, source: str, reason: str,
                  detail: str, total: int | None = None) -> Message:
