@@ -19,6 +19,7 @@ from pathlib import Path
 import orjson
 
 from meterstream import logs
+from meterstream.ingest.files import path_text
 
 log = logs.get(__name__)
 FORMAT = 1
@@ -92,7 +93,7 @@ class CheckpointStore:
 
     def save(self, checkpoint: Checkpoint) -> None:
         body = orjson.dumps(
-            {s: {"offset": e.offset, "path": e.path, "updated_ms": e.updated_ms}
+            {s: {"offset": e.offset, "path": path_text(e.path), "updated_ms": e.updated_ms}
              for s, e in checkpoint.streams.items()},
             option=orjson.OPT_SORT_KEYS,
         ).decode()

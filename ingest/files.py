@@ -36,6 +36,18 @@ def head_hash(fd: int) -> str | None:
     return hashlib.blake2b(head, digest_size=8).hexdigest()
 
 
+def path_text(path: str) -> str:
+    """A path as UTF-8 text for checkpoints, metric labels and dead letters: a name that is not
+    UTF-8 reaches Python with surrogate escapes, which no JSON or Prometheus writer accepts;
+    its bytes show as \\xNN."""
+    if path.isascii():
+        return path
+    try:
+        return os.fsencode(path).decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "backslashreplace").decode()
+
+
 @dataclass(slots=True)
 class Line:
     stream: str  # identity of the file the line belongs to

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from meterstream.ingest.parser import REASONS
+
 LINES_READ = Counter("meterstream_ingest_lines_read_total", "Lines read from files or syslog", ["input"])
 RECORDS_PRODUCED = Counter("meterstream_ingest_records_produced_total",
                            "LogRecords acknowledged by Kafka on haproxy.logs")
@@ -41,8 +43,7 @@ SYSLOG_UDP_SENDERS_FORGOTTEN = Counter("meterstream_ingest_syslog_udp_senders_fo
                                        "(silent for syslog.udp_sender_idle_s), limit (syslog.udp_max_senders "
                                        "reached: the least recently seen is forgotten)", ["reason"])
 
-for reason in ("empty_line", "invalid_utf8", "line_too_long", "not_json", "truncated",
-               "unknown_format", "invalid_field"):
+for reason in REASONS:
     REJECTED.labels(reason)  # export zeros, so rates and alerts work from the start
 for reason in ("queue_full", "not_allowed"):
     SYSLOG_DROPPED.labels(reason)

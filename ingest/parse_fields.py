@@ -1,54 +1,38 @@
-"""Conversions from HAProxy's printed values to LogRecord field values.
+"""Conversions from HAProxy's printed values to LogRecord field values, where the model
+cannot do them itself (the fingerprint's hex, `ts` in seconds with a fraction).
 
-HAProxy prints an absent sample as "-" (or nothing), prefixes some counters with "+" under
-`option logasap`, and logs the key fingerprint as 8 hex characters. A value that cannot be
-converted raises FieldError naming the field.
+HAProxy prints an absent sample as "-" (or nothing) and logs the key fingerprint as 8 hex
+characters. A value that cannot be converted raises FieldError naming the field. Every
+conversion is linear in the value's length and refuses what it cannot read instead of raising
+anything else.
 """
 
 from __future__ import annotations
 
+import math
+
 from meterstream.schemas.apikeys import fingerprint_from_hex
 
 ABSENT = ("", "-")
+# digits of integer seconds that can still be a time the model accepts (it bounds the value):
+# longer is unreadable, and never reaches int(), whose cost grows with the square of the length
+_SECONDS_DIGITS = 19
 
 
 class FieldError(ValueError):
-    def __init__(self, field: str, value: object) -> None:
+    def __init__(self, field: str, value: object, where: str = "") -> None:
         self.field = field
-        super().__init__(f"{field}: cannot read {str(value)[:40]!r}")
+        text = value if isinstance(value, str) else str(value)
+        super().__init__(f"{field}: cannot read {text[:40]!r}" + (f" ({where})" if where else ""))
 
 
-def opt_int(field: str, value: object) -> int | None:
-    if value is None or value in ABSENT:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        try:
-            return int(value.lstrip("+"))
-        except ValueError:
-            pass
-    raise FieldError(field, value)
-
-
-def int_or(field: str, value: object, default: int) -> int:
-    converted = opt_int(field, value)
-    return default if converted is None else converted
-
-
-def opt_str(value: object) -> str | None:
-    if value is None or value in ABSENT:
-        return None
-    return str(value)
-
-
-def fingerprint(value: object) -> int | None:
+def fingerprint(value: object, where: str = "") -> int | None:
     if value is None or value in ABSENT:
         return None
     try:
         return fingerprint_from_hex(str(value))
     except ValueError:
-        raise FieldError("api_key_fp", value) from None
+        raise FieldError("api_key_fp", value, where) from None
 
 
 def epoch_ms(value: object) -> int:
@@ -57,10 +41,11 @@ def epoch_ms(value: object) -> int:
         raise FieldError("ts", value)
     if isinstance(value, int):
         return value if value >= 100_000_000_000 else value * 1000
-    if isinstance(value, float):
+    if isinstance(value, float) and math.isfinite(value * 1000):
         return round(value * 1000)  # exact: a double holds 13 significant digits with room
     if isinstance(value, str):
         seconds, _, fraction = value.partition(".")
-        if seconds.isdigit() and (not fraction or fraction.isdigit()):
+        if (seconds.isascii() and seconds.isdigit() and len(seconds) <= _SECONDS_DIGITS
+                and (not fraction or (fraction.isascii() and fraction.isdigit()))):
             return int(seconds) * 1000 + int((fraction + "000")[:3])
     raise FieldError("ts", value)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from meterstream import logs
 from meterstream.ingest import metrics
 from meterstream.ingest.checkpoint import Checkpoint, CheckpointStore
-from meterstream.ingest.files import FileSet, FollowedFile
+from meterstream.ingest.files import FileSet, FollowedFile, path_text
 from meterstream.ingest.pipeline import Encoder
 from meterstream.producer import Message, RoundProducer, Stopped
 from meterstream.schemas.records import SourcePosition
@@ -116,7 +116,7 @@ class Tailer:
     def _update_gauges(self) -> None:
         acknowledged = {s: e.offset for s, e in self.checkpoint.streams.items()}
         for path, behind in self.files.behind_bytes(acknowledged).items():
-            metrics.BEHIND.labels(path).set(behind)
+            metrics.BEHIND.labels(path_text(path)).set(behind)
         unsaved = self._unsaved_since
         metrics.CHECKPOINT_AGE.set(0 if unsaved is None else time.monotonic() - unsaved)
 
@@ -139,7 +139,7 @@ class Tailer:
                 for closed in self.files.close_finished():
                     log.info("finished rotated file", path=closed.path, stream=closed.stream)
                     if closed.path not in {f.path for f in self.files.files.values()}:
-                        metrics.BEHIND.remove(closed.path)
+                        metrics.BEHIND.remove(path_text(closed.path))
                 if batch.messages or batch.ends:
                     in_flight = asyncio.create_task(self._deliver(batch))
                     continue

@@ -80,12 +80,15 @@ def migrate(obj: Context) -> None:
 @main.command()
 @click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--fail-on-reject", is_flag=True, help="Exit 1 when any line was rejected.")
-def parse(files: tuple[str, ...], fail_on_reject: bool) -> None:
+@pass_ctx
+def parse(obj: Context, files: tuple[str, ...], fail_on_reject: bool) -> None:
     """Parse HAProxy log lines (FILES, or stdin) and print one JSON object per line:
-    the record's fields, or {"rejected": reason, "raw": line}. Needs no Kafka."""
+    the record's fields, or {"rejected": reason, "raw": line}. Needs no Kafka; reads
+    httplog captures by parse.request_captures, as tail and syslog do."""
     from meterstream.ingest.parse_command import run
+    from meterstream.ingest.parser import Parser
 
-    records, rejected = run(files, sys.stdout.buffer)
+    records, rejected = run(files, sys.stdout.buffer, Parser.from_settings(obj.settings))
     sys.stdout.flush()
     click.echo(f"{records} records, {rejected} rejected", err=True)
     if fail_on_reject and rejected:

@@ -26,6 +26,11 @@ DEV_KAFKA_PORT = 19092
 DEV_KAFKA_CONTROLLER_PORT = 19093
 DEV_POSTGRES_PORT = 15432
 
+# the captured request headers of an httplog line, in order, when its frontend has no layout
+# of its own in parse.request_captures (docs/ingest.md)
+DEFAULT_REQUEST_CAPTURES = ("api_key_fp", "service_type", "network", "server_id", "fe_type", "traffic_type",
+                            "event_type", "key_metadata", "config_hex")
+
 
 class Section(BaseModel):
     """A section of the configuration: a misspelt key is an error, not silently ignored."""
@@ -84,6 +89,23 @@ class ProduceSettings(Section):
     stop_timeout_s: float = Field(default=10.0, gt=0, description="bound on closing a producer")
     retry_backoff_max_s: float = Field(default=10.0, gt=0)
     dead_letter_raw_bytes: int = Field(default=8192, ge=256, description="raw bytes kept of a rejected line")
+
+
+class ParseSettings(Section):
+    """How ingest reads HAProxy's lines (`tail`, `syslog` and `parse` alike; docs/ingest.md)."""
+
+    request_captures: dict[str, list[str]] = Field(
+        default_factory=lambda: {"*": list(DEFAULT_REQUEST_CAPTURES)},
+        description="httplog lines: per frontend (%ft without its '~'; '*' for the others) the names of its "
+                    "captured request headers, in order; a LogRecord field's name fills that field, other "
+                    "names are read and ignored. Without '*', the others use the default order")
+
+    @field_validator("request_captures")
+    @classmethod
+    def _layouts(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        from meterstream.ingest.capture_layout import check  # the rules live beside the parser
+
+        return check(value)
 
 
 class SyslogSettings(Section):
@@ -194,6 +216,7 @@ class Settings(BaseSettings):
     keys: KeySettings = KeySettings()
     tail: TailSettings = TailSettings()
     produce: ProduceSettings = ProduceSettings()
+    parse: ParseSettings = ParseSettings()
     syslog: SyslogSettings = SyslogSettings()
     sync: SyncSettings = SyncSettings()
     sink: SinkSettings = SinkSettings()

@@ -14,6 +14,7 @@ import secrets
 from meterstream.schemas.enums import ServiceType
 
 KEY_BODY_BYTES = 24  # 32 url-safe characters after the service letter
+_HEX = frozenset("0123456789abcdefABCDEF")
 
 
 def key_hash(key_secret: bytes, api_key: str) -> str:
@@ -28,6 +29,8 @@ def fingerprint_from_hex(text: str) -> int:
     """The fingerprint HAProxy logs (8 hex chars, any case) as the signed int32 we store."""
     if len(text) != 8:
         raise ValueError(f"a fingerprint is 8 hex characters, got {len(text)}")
+    if not _HEX.issuperset(text):  # bytes.fromhex would skip spaces: "cb a0 c2" is 3 bytes
+        raise ValueError("a fingerprint is 8 hex characters")
     return int.from_bytes(bytes.fromhex(text), "big", signed=True)
 
 

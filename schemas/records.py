@@ -119,7 +119,16 @@ class RejectedLine(WireModel):
 
 
 def _clean(text: str, length: int) -> str:
-    return text[:length].replace("\x00", "\ufffd")
+    """Text every consumer can store: no NUL, and valid UTF-8 (a file name that is not UTF-8
+    arrives from the OS with surrogate escapes, which no JSON writer accepts)."""
+    cut = text[:length].replace("\x00", "\ufffd")
+    if cut.isascii():
+        return cut
+    try:  # the OS's bytes back, shown as \xNN where they are not UTF-8
+        data = cut.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a surrogate that was not a byte
+        data = cut.encode("utf-8", "backslashreplace")
+    return data.decode("utf-8", "backslashreplace")[:length]
 
 
 class KafkaPosition(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
 import shutil
 import threading
@@ -52,7 +53,9 @@ async def test_bad_input_goes_to_dead_letters_and_sigterm_checkpoints(
         assert sorted(by_offset) == offsets[1:5]
         assert {v["source"] for v in by_offset.values()} == {str(log)}
         assert by_offset[offsets[1]]["reason"] == "unknown_format"
-        assert by_offset[offsets[1]]["raw"] == "\x00\x01\x02garbage\x7f"
+        # a NUL cannot be stored as text: such a line is kept as base64 (RejectedLine.of)
+        assert (by_offset[offsets[1]]["raw"], by_offset[offsets[1]]["raw_encoding"]) == (
+            base64.b64encode(b"\x00\x01\x02garbage\x7f").decode(), "base64")
         assert by_offset[offsets[2]]["reason"] == "invalid_utf8"
         assert by_offset[offsets[2]]["raw_encoding"] == "base64"
         too_long = by_offset[offsets[3]]
@@ -230,3 +233,62 @@ async def test_once_stops_when_caught_up(ms_topics: Settings, tmp_path: Path) ->
     messages = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=3000)
     assert sorted(ids(messages)) == [f"t-{i:09d}" for i in range(3000)]
     assert [e.offset for e in CheckpointStore(tmp_path / "checkpoint").load().streams.values()] == [log.stat().st_size]
+
+
+async def test_poison_lines_are_dead_letters_and_the_tailer_goes_on(ms_topics: Settings, tmp_path: Path) -> None:
+    """Issue 11, part 4: values out of every range, between good lines, through the real tailer.
+    Before, a 24-digit %B parsed and then failed to encode outside the parser's guard: the
+    tailer died, and died again at each start, its checkpoint never past the line."""
+    from tests.test_parser import HTTPLOG
+
+    def json_with(i: int, old: str, new: str) -> str:
+        line = json_line(i, "p")
+        assert old in line
+        return line.replace(old, new)
+
+    fe_plain = HTTPLOG.replace(" api ", " fe_plain~ ").replace("{cba0c270|1|1|16|2|1|0|S|0a1f}",
+                                                                "{api.example.com|4DB6772D}")
+    poison = {  # line -> the field its dead letter names
+        HTTPLOG.replace(" 1532 ", " 123456789012345678901234 "): "bytes_sent",
+        json_with(1, '"bytes_sent":"101"', '"bytes_sent":18446744073709551616'): "bytes_sent",
+        json_with(2, '"TR":0', '"TR":3000000000'): "TR",
+        json_with(3, '"ts":1795600000.003', '"ts":99999999999999999'): "ts",
+        json_with(4, '"request_id":"p-000000004"', '"request_id":"p-\\u0000-4"'): "request_id",
+        json_with(5, '"status":200', '"status":1000'): "status",
+    }
+    good = [json_line(0), json_line(1), fe_plain, json_line(2)]
+    lines = [good[0], *list(poison)[:3], good[1], good[2], *list(poison)[3:], good[3]]
+    log = tmp_path / "haproxy.log"
+    log.write_text("".join(line + "\n" for line in lines))
+    offsets = {line: sum(len(x.encode()) + 1 for x in lines[:i]) for i, line in enumerate(lines)}
+    # a file whose name is not UTF-8 (the OS hands it over with surrogate escapes)
+    odd = tmp_path / os.fsdecode(b"odd-\xff.log")
+    odd.write_text("not a log line\n" + json_line(9) + "\n")
+    proc = tail(ms_topics, tmp_path, log, odd,
+                MS_PARSE__REQUEST_CAPTURES='{"fe_plain": ["host", "api_key_fp"]}').start()
+    try:
+        records = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=5)
+        dead = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs.rejected"),
+                             expect=len(poison) + 1)
+        assert proc.running()
+        assert sorted(v["request_id"] for _, v in records if v["request_id"].startswith("t-")) == [
+            "t-000000000", "t-000000001", "t-000000002", "t-000000009"]
+        assert [v["api_key_fp"] for _, v in records if v["request_id"].startswith("ms-")] == [
+            int.from_bytes(bytes.fromhex("4DB6772D"), "big", signed=True)]  # by the frontend's layout
+        by_offset = {v["position"]["offset"]: v for _, v in dead if v["source"] == str(log)}
+        assert sorted(by_offset) == sorted(offsets[line] for line in poison)
+        for line, field in poison.items():
+            letter = by_offset[offsets[line]]
+            assert letter["reason"] == "invalid_field" and letter["detail"].startswith(f"{field}:"), letter
+            assert letter["raw"] == line
+        assert [v["source"] for _, v in dead if v["source"] != str(log)] == [str(tmp_path / "odd-\\xff.log")]
+        assert proc.metric("meterstream_ingest_rejected_total", 'reason="invalid_field"') == len(poison)
+        # the checkpoint passes the poison lines, and the tailer goes on
+        store = CheckpointStore(tmp_path / "checkpoint")
+        wait_for(lambda: sorted(e.offset for e in store.load().streams.values()) ==
+                 sorted([log.stat().st_size, odd.stat().st_size]), 10, "the checkpoint past the poison lines")
+        with open(log, "a") as f:
+            f.write(json_line(3) + "\n")
+        wait_for(lambda: proc.metric("meterstream_ingest_records_produced_total") == 6, 10, "a line after them")
+    finally:
+        assert proc.terminate() == 0
