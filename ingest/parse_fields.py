@@ -26,17 +26,33 @@ class FieldError(ValueError):
         super().__init__(f"{field}: cannot read {text[:40]!r}" + (f" ({where})" if where else ""))
 
 
+# fingerprints read, by their hex: a key's requests repeat it (bounded: emptied when full)
+_FINGERPRINTS: dict[str, int] = {}
+_FINGERPRINTS_MAX = 65_536
+
+
 def fingerprint(value: object, where: str = "") -> int | None:
+    if type(value) is str:
+        known = _FINGERPRINTS.get(value)
+        if known is not None:
+            return known
     if value is None or value in ABSENT:
         return None
     try:
-        return fingerprint_from_hex(str(value))
+        fp = fingerprint_from_hex(str(value))
     except ValueError:
         raise FieldError("api_key_fp", value, where) from None
+    if type(value) is str:
+        if len(_FINGERPRINTS) >= _FINGERPRINTS_MAX:
+            _FINGERPRINTS.clear()
+        _FINGERPRINTS[value] = fp
+    return fp
 
 
 def epoch_ms(value: object) -> int:
     """HAProxy's `%Ts.%ms` (seconds with a fraction) or an integer of ms, as integer ms."""
+    if type(value) is float and math.isfinite(value * 1000):  # the JSON line's, first
+        return round(value * 1000)
     if isinstance(value, bool):
         raise FieldError("ts", value)
     if isinstance(value, int):

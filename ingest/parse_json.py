@@ -5,13 +5,18 @@ Values go to the LogRecord model as HAProxy printed them: pydantic's lax mode tu
 field's rules. Here only what the model cannot know: an absent sample ("-" or "") means the
 field's default, `ts` becomes integer milliseconds, the fingerprint's hex becomes its int32,
 and the path is cut to its prefix.
+
+This is the reference path; most lines take the fast path (ingest/parse_json_fast.py), which
+validates the bytes directly and must agree with this one. Both read JSON with pydantic-core's
+parser (jiter), so they agree on what JSON is: orjson differs at the edges (it refuses NaN,
+Infinity and 1e400, reads integers beyond 64 bits as floats, and nests deeper).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import orjson
+from pydantic_core import from_json
 
 from meterstream.ingest.parse_fields import ABSENT, FieldError, epoch_ms, fingerprint
 from meterstream.schemas.records import PATH_PREFIX_LEN, LogRecord
@@ -27,8 +32,8 @@ class NotJson(ValueError):
 def fields(message: str) -> dict[str, Any]:
     """LogRecord fields (without src; request_id None when HAProxy had none)."""
     try:
-        obj = orjson.loads(message)
-    except orjson.JSONDecodeError as exc:
+        obj = from_json(message)
+    except ValueError as exc:
         raise NotJson(str(exc)) from None
     if not isinstance(obj, dict):
         raise NotJson("the line is JSON but not an object")
@@ -39,6 +44,15 @@ def fields(message: str) -> dict[str, Any]:
     record["api_key_fp"] = fingerprint(obj.get("api_key_fp"))
     request_id = obj.get("request_id")
     record["request_id"] = None if request_id is None or request_id in ABSENT else request_id
-    path = obj.get("path")
-    record["path"] = "" if path is None or path in ABSENT else str(path)[:PATH_PREFIX_LEN]
+    record["path"] = path_prefix(obj.get("path"))
     return record
+
+
+def path_prefix(path: object) -> str:
+    """The logged path (HAProxy's first bytes, or absent) as LogRecord's prefix."""
+    if path is None or path in ABSENT:
+        return ""
+    try:
+        return str(path)[:PATH_PREFIX_LEN]
+    except ValueError:  # an integer of more than 4300 digits has no str() (CPython's limit)
+        raise FieldError("path", "(a number too long to read)") from None
