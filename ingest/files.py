@@ -229,17 +229,17 @@ class FileSet:
                     yield Line(followed.stream, followed.path, followed.offset, end, chunk)
                     followed.offset = end
                 return  # a partial last line: wait for the rest
+            stream, path, limit, start = followed.stream, followed.path, self.max_line_bytes, followed.offset
+            budget -= last + 1
             for data in chunk[: last + 1].split(b"\n")[:-1]:
-                start = followed.offset
                 end = start + len(data) + 1
                 # advanced before the yield: a consumer that stops here resumes after this line
                 followed.offset = end
-                budget -= end - start
-                if len(data) > self.max_line_bytes:
-                    yield Line(followed.stream, followed.path, start, end,
-                               data[: self.keep_raw_bytes], too_long=len(data))
+                if len(data) > limit:
+                    yield Line(stream, path, start, end, data[: self.keep_raw_bytes], too_long=len(data))
                 else:
-                    yield Line(followed.stream, followed.path, start, end, data)
+                    yield Line(stream, path, start, end, data)
+                start = end
 
     def _grace_over(self, followed: FollowedFile) -> bool:
         return followed.rotated_at is not None and time.monotonic() - followed.rotated_at >= self.rotate_grace_s

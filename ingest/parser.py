@@ -6,6 +6,11 @@ Rejected with a machine-readable reason and a detail for people. A Parser is con
 (the capture layouts of `parse.request_captures`); `parse()` uses the default configuration.
 `Parser.encoded` also writes the record's Kafka key and value, under the same guard: what
 it returns can be produced, so nothing between a line and Kafka can raise.
+
+`Parser.encoded_at` (the tailer's and the receiver's) first tries the JSON line's fast path
+(ingest/parse_json_fast.py: pydantic-core validates the bytes straight into LogRecord's field
+schemas); whatever it defers goes through the reference path here, which decides, with its
+reason. Both give the same records (tests/test_parse_fast.py).
 """
 
 from __future__ import annotations
@@ -17,16 +22,21 @@ from dataclasses import dataclass
 import orjson
 from pydantic import BaseModel
 
+from meterstream import logs
 from meterstream.ingest import parse_httplog, parse_json, syslog_header
 from meterstream.ingest.capture_layout import CaptureLayouts, CaptureMismatch, Layout
 from meterstream.ingest.parse_fields import FieldError
+from meterstream.ingest.parse_json_fast import FastJson
 from meterstream.schemas.records import LogRecord, SourcePosition
 from meterstream.schemas.topics import key_of
-from meterstream.schemas.wire import WireError, encode, validate
+from meterstream.schemas.wire import WireError, decode, encode, validate
 from meterstream.settings import Settings
 
+log = logs.get(__name__)
 # HAProxy's default maximum log line length: a longer line arrives cut there
 HAPROXY_DEFAULT_LOG_LEN = 1024
+# what a line with a syslog header can start with (syslog_header.strip's own test)
+_HEADER_START = frozenset(b"<ADFJMNOS0123456789")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,13 +45,23 @@ class Rejected:
     detail: str
 
 
-@dataclass(frozen=True, slots=True)
 class Encoded:
-    """A record with its haproxy.logs key and value, ready to produce."""
+    """A record's haproxy.logs key and value, ready to produce, and its event time. The fast
+    path writes them without a LogRecord object: ``record`` reads the value back (tests, tools)."""
 
-    record: LogRecord
-    key: bytes
-    value: bytes
+    __slots__ = ("_record", "key", "ts", "value")
+
+    def __init__(self, key: bytes, value: bytes, ts: int, record: LogRecord | None = None) -> None:
+        self.key, self.value, self.ts, self._record = key, value, ts, record
+
+    @property
+    def record(self) -> LogRecord:
+        if self._record is None:
+            self._record = decode(LogRecord, self.value)
+        return self._record
+
+    def __repr__(self) -> str:
+        return f"Encoded(key={self.key!r}, value={self.value!r})"
 
 
 REASONS = {
@@ -64,10 +84,13 @@ def derived_request_id(src: SourcePosition) -> str:
 
 
 class Parser:
-    def __init__(self, request_captures: Mapping[str, Sequence[str]] | None = None) -> None:
+    def __init__(self, request_captures: Mapping[str, Sequence[str]] | None = None, fast: bool = True) -> None:
         """``request_captures``: the setting parse.request_captures (checked again here; "*"
-        defaults to DEFAULT_REQUEST_CAPTURES)."""
+        defaults to DEFAULT_REQUEST_CAPTURES). ``fast``: try the JSON fast path first."""
         self.layouts = CaptureLayouts(request_captures or {})
+        self.fast = FastJson.build() if fast else None
+        if fast and self.fast is None:
+            log.warning("the JSON fast path cannot carry LogRecord's rules: every line takes the reference path")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Parser:
@@ -87,9 +110,35 @@ class Parser:
         if isinstance(result, Rejected):
             return result
         try:
-            return Encoded(result, key_of(result), encode(result))
+            return Encoded(key_of(result), encode(result), result.ts, result)
         except Exception as exc:  # noqa: BLE001 - the contract: nothing escapes, all is reported
             return Rejected("invalid_field", f"{_unencodable(result)}: cannot be encoded ({type(exc).__name__}: {exc})")
+
+    def encoded_at(self, raw: bytes, stream: str, offset: int) -> Encoded | Rejected:
+        """``encoded`` of a line at ``offset`` in ``stream``, by the fast path when it takes the
+        line; the position is built only for the lines the reference path decides."""
+        fast = self.fast
+        if fast is not None:
+            if raw[:1] == b"{":
+                done = fast.encoded(raw, stream, offset)
+            elif raw[:1] and raw[0] in _HEADER_START:  # a syslog header: the JSON message after it
+                done = self._fast_after_header(fast, raw, stream, offset)
+            else:
+                done = None
+            if done is not None:
+                return Encoded(*done)
+        return self.encoded(raw, SourcePosition(stream=stream, offset=offset))
+
+    @staticmethod
+    def _fast_after_header(fast: FastJson, raw: bytes, stream: str, offset: int) -> tuple[bytes, bytes, int] | None:
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        _host, message = syslog_header.strip(text.rstrip("\r\n"))
+        if message[:1] != "{":
+            return None
+        return fast.encoded(message.encode("utf-8"), stream, offset)
 
     def _parse(self, raw: bytes | str, src: SourcePosition) -> LogRecord | Rejected:
         if isinstance(raw, bytes):

@@ -18,19 +18,32 @@ class Encoder:
         self.rejected_topic = settings.topic(topics.HAPROXY_LOGS_REJECTED)
         self.keep = settings.produce.dead_letter_raw_bytes
         self.parser = Parser.from_settings(settings)
+        self.rejected_count = 0  # dead letters made so far (a round's records: its lines less these)
+        self._fast = None if self.parser.fast is None else self.parser.fast.encoded
 
     def line(self, data: bytes, position: SourcePosition, source: str, too_long: int = 0) -> Message:
+        return self.line_at(data, position.stream, position.offset, source, too_long)
+
+    def line_at(self, data: bytes, stream: str, offset: int, source: str, too_long: int = 0) -> Message:
+        """The message of the line at ``offset`` in ``stream`` (the fast path builds no
+        SourcePosition object: the record's position is validated inside its JSON)."""
         if too_long:
-            return self.rejected(data, position, source, "line_too_long",
+            return self.rejected(data, SourcePosition(stream=stream, offset=offset), source, "line_too_long",
                                  f"{too_long} bytes, more than the configured maximum", too_long)
-        result = self.parser.encoded(data, position)
+        if self._fast is not None:  # a bare JSON line, the common case, without the parser's layers
+            done = self._fast(data, stream, offset)
+            if done is not None:
+                return Message(self.logs_topic, *done)
+        result = self.parser.encoded_at(data, stream, offset)
         if isinstance(result, Rejected):
-            return self.rejected(data, position, source, result.reason, result.detail)
-        return Message(self.logs_topic, result.key, result.value, result.record.ts)
+            return self.rejected(data, SourcePosition(stream=stream, offset=offset), source, result.reason,
+                                 result.detail)
+        return Message(self.logs_topic, result.key, result.value, result.ts)
 
     def rejected(self, data: bytes, position: SourcePosition | None, source: str, reason: str,
                  detail: str, total: int | None = None) -> Message:
         metrics.REJECTED.labels(reason).inc()
+        self.rejected_count += 1
         dead = RejectedLine.of(data, source=source, position=position, reason=reason, detail=detail,
                                keep=self.keep, total_bytes=total)
         return Message(self.rejected_topic, topics.key_of(dead), encode(dead), dead.at)

@@ -38,7 +38,6 @@ from meterstream.ingest.syslog_framing import FrameReader
 from meterstream.ingest.syslog_peers import AllowList, Senders, Throttle, show
 from meterstream.ingest.syslog_queue import ByteQueue
 from meterstream.producer import RoundProducer, Stopped
-from meterstream.schemas.records import SourcePosition
 from meterstream.settings import Settings
 
 log = logs.get(__name__)
@@ -230,7 +229,8 @@ class SyslogReceiver:
                     if self.stop_requested.is_set():
                         break
                     continue
-                messages = [self.encoder.line(r.data, p, r.source, r.too_long) for r, p in batch]
+                messages = [self.encoder.line_at(r.data, stream, offset, r.source, r.too_long)
+                            for r, stream, offset in batch]
                 await self.producer.send_round(messages)
                 metrics.RECORDS_PRODUCED.inc(sum(m.topic == self.encoder.logs_topic for m in messages))
         except Stopped:
@@ -247,16 +247,16 @@ class SyslogReceiver:
                 task.cancel()
             await asyncio.gather(*handlers, return_exceptions=True)
 
-    async def _next_round(self) -> list[tuple[Received, SourcePosition]]:
-        """A round from the queue, each line given the next position of its listener's stream:
-        positions are assigned in the order the lines go to Kafka."""
+    async def _next_round(self) -> list[tuple[Received, str, int]]:
+        """A round from the queue, each line given the next position (stream, offset) of its
+        listener's stream: positions are assigned in the order the lines go to Kafka."""
         tail = self.settings.tail
         batch = await self.queue.get_batch(tail.round_lines, tail.round_bytes, ROUND_WAIT_S)
         out = []
         for item in batch:
             offset = self._offsets[item.transport]
             self._offsets[item.transport] = offset + 1
-            out.append((item, SourcePosition(stream=self._streams[item.transport], offset=offset)))
+            out.append((item, self._streams[item.transport], offset))
         return out
 
     def _close_listeners(self) -> None:

@@ -10,6 +10,7 @@ crash can only repeat lines, with the same request ids (docs/ingest.md).
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,6 @@ from meterstream.ingest.checkpoint import Checkpoint, CheckpointStore
 from meterstream.ingest.files import FileSet, FollowedFile, path_text
 from meterstream.ingest.pipeline import Encoder
 from meterstream.producer import Message, RoundProducer, Stopped
-from meterstream.schemas.records import SourcePosition
 from meterstream.settings import Settings
 
 log = logs.get(__name__)
@@ -68,17 +68,24 @@ class Tailer:
         batch = Round()
         budget_lines, budget_bytes = self.settings.tail.round_lines, self.settings.tail.round_bytes
         sources = [*self._continuations, *self.files.ordered()]
+        encode, messages = self.encoder.line_at, batch.messages
+        rejected_before = self.encoder.rejected_count
         for followed in sources:
+            # per line only what each line needs; the file's end and the budgets once per file
+            count, first, line = 0, None, None
             for line in self.files.read(followed, budget_bytes):
-                position = SourcePosition(stream=line.stream, offset=line.offset)
-                batch.messages.append(self.encoder.line(line.data, position, line.path, line.too_long))
-                batch.ends[line.stream] = (line.end, line.path)
-                budget_bytes -= line.end - line.offset
-                budget_lines -= 1
-                if len(batch.messages) % YIELD_EVERY == 0:
+                messages.append(encode(line.data, line.stream, line.offset, line.path, line.too_long))
+                if first is None:
+                    first = line.offset
+                count += 1
+                if count % YIELD_EVERY == 0:
                     await asyncio.sleep(0)
-                if budget_lines <= 0 or budget_bytes <= 0:
+                if count >= budget_lines or line.end - first >= budget_bytes:
                     break
+            if line is not None and first is not None:
+                batch.ends[line.stream] = (line.end, line.path)
+                budget_bytes -= line.end - first
+                budget_lines -= count
             if budget_lines <= 0 or budget_bytes <= 0:
                 break
         for copy in [c for c in self._continuations if c.offset >= c.size()]:
@@ -88,7 +95,7 @@ class Tailer:
             assert copy.own_stream is not None
             batch.ends[copy.own_stream] = (copy.offset, copy.path)
             copy.close()
-        batch.records = sum(1 for m in batch.messages if m.topic == self.encoder.logs_topic)
+        batch.records = len(messages) - (self.encoder.rejected_count - rejected_before)
         metrics.LINES_READ.labels("file").inc(len(batch.messages))
         return batch
 
@@ -128,6 +135,9 @@ class Tailer:
 
     # -- the loop ----------------------------------------------------------------------------
     async def run(self) -> None:
+        # what start-up built (modules, the model's schemas, the client) lives as long as the
+        # process: out of the collector's reach, a round's objects are all a full collection scans
+        gc.freeze()
         in_flight: asyncio.Task[None] | None = None
         gauges = asyncio.create_task(self._gauges_forever())
         try:

@@ -134,6 +134,35 @@ def test_adversarial_line_parses_or_is_rejected_in_under_5_ms(shape: str) -> Non
         assert seconds < BUDGET_S, f"{shape}: {seconds * 1000:.2f} ms for {len(line.encode())} bytes"
 
 
+# lines for the JSON fast path (ingest/parse_json_fast.py): what it reads before the reference
+# path sees the line, numbers and keys included
+FAST_SHAPES: dict[str, Callable[[], str]] = {
+    "JSON: a path of many digits": lambda: json_with("path", "9", quoted=False),
+    "JSON: a fingerprint of many digits": lambda: json_with("api_key_fp", "9", quoted=False),
+    "JSON: an unknown key of many digits": lambda: fill(JSON_LINE[:-1] + ',"x":', "9", "}"),
+    "JSON: a key repeated": lambda: fill("{", '"status":200,', '"ts":1795625194}'),
+    "JSON: a valid line padded with spaces": lambda: fill(JSON_LINE, " "),
+    "JSON: absent samples repeated": lambda: fill("{", '"key_metadata":"-",', '"ts":1795625194}'),
+}
+FAST_PARSER = Parser()
+assert FAST_PARSER.fast is not None
+
+
+@pytest.mark.parametrize("shape", [*SHAPES, *FAST_SHAPES])
+def test_adversarial_line_through_the_fast_path_in_under_5_ms(shape: str) -> None:
+    """The tailer's and the receiver's way in (``encoded_at``: the fast path, then the reference
+    path for what it defers)."""
+    line = {**SHAPES, **FAST_SHAPES}[shape]().encode()
+    assert MAX - 8 <= len(line) <= MAX, "each shape is as long as a line may be"
+    best, result = float("inf"), None
+    for _ in range(3):
+        started = time.perf_counter()
+        result = FAST_PARSER.encoded_at(line, SRC.stream, SRC.offset)
+        best = min(best, time.perf_counter() - started)
+    assert not (isinstance(result, Rejected) and result.detail.startswith("unexpected ")), result
+    assert best < BUDGET_S, f"{shape}: {best * 1000:.2f} ms for {len(line)} bytes"
+
+
 # -- near-miss lines ---------------------------------------------------------------------------
 BASES = [HTTPLOG, JSON_LINE, RFC5424 + HTTPLOG, RFC3164 + JSON_LINE, ISO + HTTPLOG,
          RFC5424.replace(" - - ", ' - [meta x="1\\]"] ') + JSON_LINE]
@@ -182,6 +211,9 @@ def test_near_miss_lines_are_records_or_classified_rejections(line: str, as_byte
         assert not caught_by_the_guard(result), result
     else:
         encode(result)  # what is parsed can be produced
+    if as_bytes:  # the tailer's way in: the fast path first
+        encoded = parser.encoded_at(raw, SRC.stream, SRC.offset)  # type: ignore[arg-type]
+        assert isinstance(encoded, Rejected) == isinstance(result, Rejected)
 
 
 def test_the_near_miss_bases_parse() -> None:

@@ -1,0 +1,178 @@
+"""The JSON line's fast path: pydantic-core validates the line's bytes straight into LogRecord's
+own field schemas, in one call, without orjson's dict, a Python transform and a second
+validation from Python objects (ingest/parse_json.py + the model: the reference path).
+
+The schema is derived from ``LogRecord.__pydantic_core_schema__`` when this module loads: every
+field keeps the model's own validator (types, bounds, patterns, enums, the model's functions);
+only what HAProxy's line needs before the model sees it is put in front of three fields, with
+the same functions the reference path calls (``ts`` in seconds, the fingerprint's hex, the
+path's prefix). So there is no second set of field rules that could drift from the model. A
+LogRecord whose core schema holds more than per-field rules (a model validator, computed
+fields, aliases) makes the fast path refuse to build (FastPathUnavailable): the parser then
+uses the reference path alone, and tests/test_parse_fast.py fails until this module learns
+the new rule.
+
+It only ever **accepts or defers**: a line it cannot take exactly as the reference path would
+(not valid, a value "-" or "" that the reference reads as absent, no request id, a converter
+that raises) gives None, and the caller runs the reference path, which decides, with its
+reason. tests/test_parse_fast.py holds the two equal, record by record and byte for byte, on a
+hypothesis-generated corpus of valid and invalid lines.
+
+What it writes is what ``encode(record)`` writes: the validated values, in field order, by
+orjson, with the source position last. The position is ingest's own (a file's identity and
+offset, a listener's stream and count), not input: its stream is validated by the model once
+per stream, and its JSON is kept and completed with each line's offset. The Kafka key is
+``key_of`` of a LogRecord holding the validated values.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from operator import itemgetter
+from typing import Any
+
+import orjson
+from pydantic_core import SchemaValidator
+from pydantic_core import core_schema as cs
+
+from meterstream.ingest.parse_fields import epoch_ms, fingerprint
+from meterstream.ingest.parse_json import path_prefix
+from meterstream.schemas.records import LogRecord, SourcePosition
+from meterstream.schemas.topics import key_of
+
+# HAProxy's values that the model cannot read as logged: the reference path's conversions
+CONVERSIONS: dict[str, Callable[[Any], Any]] = {"ts": epoch_ms, "api_key_fp": fingerprint, "path": path_prefix}
+# the path prefix leaves a path the model accepts (text of at most 10 characters) as it is, but
+# "-" (absent: ""): HAProxy's config logs it cut already, so the model tries it as logged first,
+# and the fast path defers a "-" it took so
+AS_LOGGED_FIRST = frozenset({"path"})
+
+
+class FastPathUnavailable(RuntimeError):
+    """LogRecord's schema holds rules this path would not apply (see the module's doc)."""
+
+
+def field_schemas(record_model: type[LogRecord] = LogRecord) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(typed-dict fields, core config) from the record model's core schema, or FastPathUnavailable."""
+    model = record_model.__pydantic_core_schema__
+    fields_schema = model.get("schema", {})
+    plain = (model.get("type") == "model" and model.get("cls") is record_model and not model.get("post_init")
+             and not model.get("custom_init") and not model.get("root_model")
+             and fields_schema.get("type") == "model-fields" and not fields_schema.get("computed_fields")
+             and not fields_schema.get("extras_schema") and "strict" not in fields_schema)
+    if not plain:
+        raise FastPathUnavailable(f"{record_model.__name__}'s core schema is not plain per-field rules (a model "
+                                  "validator, computed fields, custom init?): ingest/parse_json_fast.py does not "
+                                  "apply them")
+    fields: dict[str, Any] = {}
+    for name, field in fields_schema["fields"].items():
+        if field.get("type") != "model-field" or field.get("validation_alias") is not None \
+                or field.get("frozen") or field.get("exclude"):
+            raise FastPathUnavailable(f"{record_model.__name__}.{name}: a field feature the fast path does not carry")
+        schema = field["schema"]
+        if name in CONVERSIONS:  # the model's own validator, after the reference path's conversion
+            schema = _converted(schema, CONVERSIONS[name], name in AS_LOGGED_FIRST)
+        fields[name] = cs.typed_dict_field(schema, required=schema.get("type") != "default")
+    if list(fields)[-1] != "src":
+        raise FastPathUnavailable(f"{record_model.__name__}.src is not its last field (records are written in "
+                                  "field order, the position last)")
+    config = {k: v for k, v in model.get("config", {}).items() if k not in ("extra_fields_behavior", "title")}
+    return fields, config
+
+
+def _converted(schema: dict[str, Any], conversion: Callable[[Any], Any], as_logged_first: bool) -> dict[str, Any]:
+    """``conversion`` before the field's validator; a default (an absent key) stays outermost.
+    ``as_logged_first``: the value as logged is tried first, and converted only if the model
+    refuses it (for a conversion that leaves every value the model accepts unchanged)."""
+    if schema.get("type") == "default":
+        return {**schema, "schema": _converted(schema["schema"], conversion, as_logged_first)}
+    converted = cs.no_info_before_validator_function(conversion, schema)
+    if as_logged_first:
+        return cs.union_schema([schema, converted], mode="left_to_right")
+    return converted
+
+
+def _may_hold_text(schema: dict[str, Any]) -> bool:
+    """Whether a value this core schema accepts can be a str (unknown kinds of schema: yes)."""
+    kind = schema.get("type")
+    if kind in ("int", "bool", "float", "none", "enum") and schema.get("sub_type") != "str":
+        return False
+    if kind in ("default", "nullable", "function-after", "function-before"):
+        return _may_hold_text(schema["schema"])
+    return True
+
+
+_set = object.__setattr__
+
+
+class FastJson:
+    """Validates JSON lines into their haproxy.logs key and value, or defers (None) to the
+    reference path."""
+
+    def __init__(self) -> None:
+        fields, config = field_schemas()
+        del fields["src"]  # ingest's own, written after the validated values (src_json)
+        # unknown keys are ignored (a newer HAProxy config may log more), as on the reference path;
+        # only keys are cached: values (ids, addresses) rarely repeat and would churn the cache
+        self._validator = SchemaValidator(cs.typed_dict_schema(fields, extra_behavior="ignore"),
+                                          config=cs.CoreConfig(**config, cache_strings="keys"))
+        # the fields a text value can reach: one that is "-" or "" (however JSON spells it, "\\u002d"
+        # too) is an absent sample to the reference path, which drops it before the model sees it
+        # (the converted fields read "-" and "" as the reference path does, but the path tried as
+        # logged first)
+        # ("" is the default of some: there "" is what the reference path makes of it too)
+        texts = [name for name, field in fields.items()
+                 if (name not in CONVERSIONS or name in AS_LOGGED_FIRST) and _may_hold_text(field["schema"])]
+        empty_ok = [name for name in texts if fields[name]["schema"].get("default", None) == ""]
+        # (itemgetter gives a tuple from two names on: "v", the schema version, is never text)
+        self._dash_or_empty = itemgetter(*[n for n in texts if n not in empty_ok], "v")
+        self._dash = itemgetter(*empty_ok, "v")
+        self._src_json: dict[str, bytes | None] = {}
+        # key_of takes a LogRecord: one that holds each line's validated values in turn (never
+        # handed out; key_of reads fields, and src, which it has no use for, is not among them)
+        self._keyed = LogRecord.model_construct()
+
+    @classmethod
+    def build(cls) -> FastJson | None:
+        try:
+            return cls()
+        except FastPathUnavailable:
+            return None
+
+    def src_json(self, stream: str) -> bytes | None:
+        """``,"src":{"stream":"…","offset":`` for ``stream``, which the model validates once; None
+        when it refuses it (the reference path then builds the position, and raises)."""
+        try:
+            return self._src_json[stream]
+        except KeyError:
+            pass
+        if len(self._src_json) > 10_000:  # streams are few (files, listeners); bounded anyway
+            self._src_json.clear()
+        try:
+            SourcePosition(stream=stream, offset=0)
+            prefix: bytes | None = b',"src":{"stream":' + orjson.dumps(stream) + b',"offset":'
+        except Exception:  # noqa: BLE001 - refused by the model, or not UTF-8
+            prefix = None
+        self._src_json[stream] = prefix
+        return prefix
+
+    def encoded(self, raw: bytes, stream: str, offset: int) -> tuple[bytes, bytes, int] | None:
+        """(key, value, ts) of ``raw`` (one line, without its newline) at ``stream``/``offset``,
+        exactly as the reference path would write them; None when the reference path must decide."""
+        if raw[:1] != b"{":
+            return None
+        src = self.src_json(stream)
+        if src is None:
+            return None
+        try:
+            values = self._validator.validate_json(raw)
+            texts = self._dash_or_empty(values)
+            if "-" in texts or "" in texts or "-" in self._dash(values):
+                return None  # a value the reference path reads as absent: it decides
+            keyed = self._keyed
+            _set(keyed, "__dict__", values)
+            key = key_of(keyed)
+            value = orjson.dumps(values)[:-1] + src + b"%d}}" % offset
+        except Exception:  # noqa: BLE001 - invalid, or a converter's own error: the reference decides
+            return None
+        return key, value, values["ts"]
