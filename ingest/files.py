@@ -13,6 +13,7 @@ import fnmatch
 import glob
 import hashlib
 import os
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -56,6 +57,17 @@ class Line:
     end: int  # offset just past its newline
     data: bytes  # without the newline; the first bytes only when too_long
     too_long: int = 0  # the whole line's length when it exceeded the maximum
+
+
+@dataclass(slots=True)
+class Lines:
+    """Consecutive complete lines of one file, each within the maximum, without their newlines."""
+
+    stream: str
+    path: str
+    offset: int  # of the first line's first byte
+    end: int  # just past the last line's newline
+    data: list[bytes]
 
 
 @dataclass
@@ -198,8 +210,26 @@ class FileSet:
         return sorted(self.files.values(), key=lambda f: (f.rotated_at is None, f.rotated_at or 0, f.path))
 
     def read(self, followed: FollowedFile, budget: int) -> Iterator[Line]:
-        """Complete lines from the file's offset, up to about ``budget`` bytes; advances it."""
-        while budget > 0:
+        """Complete lines from the file's offset, up to about ``budget`` bytes; advances it
+        line by line (a consumer that stops after a line resumes after it)."""
+        for item in self.read_runs(followed, budget, sys.maxsize):
+            if type(item) is Line:
+                yield item
+                continue
+            assert isinstance(item, Lines)
+            start = item.offset
+            for data in item.data:
+                end = start + len(data) + 1
+                followed.offset = end
+                yield Line(item.stream, item.path, start, end, data)
+                start = end
+
+    def read_runs(self, followed: FollowedFile, budget: int, max_lines: int) -> Iterator[Line | Lines]:
+        """``read`` by runs: consecutive ordinary lines come as one Lines (the tailer's way:
+        nothing per line here), a line longer than the maximum or the unended last line of a
+        rotated file as a Line. At most ``max_lines`` lines and about ``budget`` bytes (the line
+        that reaches it included); the offset is advanced past each item before it is given."""
+        while budget > 0 and max_lines > 0:
             chunk = os.pread(followed.fd, max(READ_CHUNK, self.max_line_bytes + 1), followed.offset)
             if not chunk:
                 return
@@ -214,6 +244,7 @@ class FileSet:
                 followed.overlong = None
                 followed.offset = end
                 budget -= newline + 1
+                max_lines -= 1
                 yield Line(followed.stream, followed.path, start, end, kept, too_long=end - start - 1)
                 continue
             last = chunk.rfind(b"\n")
@@ -229,17 +260,44 @@ class FileSet:
                     yield Line(followed.stream, followed.path, followed.offset, end, chunk)
                     followed.offset = end
                 return  # a partial last line: wait for the rest
-            stream, path, limit, start = followed.stream, followed.path, self.max_line_bytes, followed.offset
-            budget -= last + 1
-            for data in chunk[: last + 1].split(b"\n")[:-1]:
+            parts = chunk[: last + 1].split(b"\n")
+            parts.pop()
+            if len(parts) > max_lines:
+                del parts[max_lines:]
+            size = sum(map(len, parts)) + len(parts)
+            if size > budget:  # up to the line that reaches the budget
+                size, count = 0, 0
+                for data in parts:
+                    size += len(data) + 1
+                    count += 1
+                    if size >= budget:
+                        break
+                del parts[count:]
+            budget -= size
+            max_lines -= len(parts)
+            stream, path, start = followed.stream, followed.path, followed.offset
+            if max(map(len, parts)) <= self.max_line_bytes:
+                followed.offset = start + size
+                yield Lines(stream, path, start, start + size, parts)
+                continue
+            run: list[bytes] = []
+            run_start = start
+            for data in parts:
                 end = start + len(data) + 1
-                # advanced before the yield: a consumer that stops here resumes after this line
-                followed.offset = end
-                if len(data) > limit:
+                if len(data) > self.max_line_bytes:
+                    if run:
+                        followed.offset = start
+                        yield Lines(stream, path, run_start, start, run)
+                        run = []
+                    followed.offset = end
                     yield Line(stream, path, start, end, data[: self.keep_raw_bytes], too_long=len(data))
+                    run_start = end
                 else:
-                    yield Line(stream, path, start, end, data)
+                    run.append(data)
                 start = end
+            if run:
+                followed.offset = start
+                yield Lines(stream, path, run_start, start, run)
 
     def _grace_over(self, followed: FollowedFile) -> bool:
         return followed.rotated_at is not None and time.monotonic() - followed.rotated_at >= self.rotate_grace_s

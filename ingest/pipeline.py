@@ -40,6 +40,19 @@ class Encoder:
                                  result.detail)
         return Message(self.logs_topic, result.key, result.value, result.ts)
 
+    def lines(self, lines: list[bytes], stream: str, offset: int, source: str) -> list[Message]:
+        """``line_at`` of consecutive lines (each followed by its newline) from ``offset`` on."""
+        topic = self.logs_topic
+        if self.parser.fast is None:
+            done: list[tuple[bytes, bytes, int] | None] = [None] * len(lines)
+        else:
+            done = self.parser.fast.encoded_lines(lines, stream, offset)
+        out = []
+        for data, fast in zip(lines, done):
+            out.append(Message(topic, *fast) if fast is not None else self.line_at(data, stream, offset, source))
+            offset += len(data) + 1
+        return out
+
     def rejected(self, data: bytes, position: SourcePosition | None, source: str, reason: str,
                  detail: str, total: int | None = None) -> Message:
         metrics.REJECTED.labels(reason).inc()
