@@ -70,6 +70,20 @@ def unpin_broker(dev: DevServices) -> None:
         subprocess.run(["taskset", "-a", "-p", "-c", f"0-{os.cpu_count() - 1}", str(pid)], capture_output=True)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a running process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    """VmRSS: the resident set of a running process now."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def peak_rss_mib(pid: int) -> float:
     """VmHWM: the peak resident set of a running process."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
