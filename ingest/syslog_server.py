@@ -25,6 +25,7 @@ these positions are unique but, unlike a file's, not reproducible.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import os
 import socket
@@ -37,11 +38,12 @@ from meterstream.ingest.pipeline import Encoder
 from meterstream.ingest.syslog_framing import FrameReader
 from meterstream.ingest.syslog_peers import AllowList, Senders, Throttle, show
 from meterstream.ingest.syslog_queue import ByteQueue
-from meterstream.producer import RoundProducer, Stopped
+from meterstream.producer import Message, RoundProducer, Stopped
 from meterstream.settings import Settings
 
 log = logs.get(__name__)
 ROUND_WAIT_S = 0.05
+ENCODE_SLICE = 500  # lines encoded between turns of the event loop (a few ms)
 READ_CHUNK = 64 * 1024
 REFUSAL_LOG_INTERVAL_S = 10.0
 
@@ -221,6 +223,7 @@ class SyslogReceiver:
 
     # -- delivery ---------------------------------------------------------------------------------
     async def run(self) -> None:
+        gc.freeze()  # start-up's objects live as long as the process: out of the collector's scans
         await self.start()
         try:
             while True:
@@ -229,8 +232,13 @@ class SyslogReceiver:
                     if self.stop_requested.is_set():
                         break
                     continue
-                messages = [self.encoder.line_at(r.data, stream, offset, r.source, r.too_long)
-                            for r, stream, offset in batch]
+                messages: list[Message] = []
+                for i in range(0, len(batch), ENCODE_SLICE):
+                    messages += [self.encoder.line_at(r.data, stream, offset, r.source, r.too_long)
+                                 for r, stream, offset in batch[i:i + ENCODE_SLICE]]
+                    # the listeners go on receiving meanwhile: UDP has no back-pressure, a full
+                    # socket buffer drops datagrams before anything can count them
+                    await asyncio.sleep(0)
                 await self.producer.send_round(messages)
                 metrics.RECORDS_PRODUCED.inc(sum(m.topic == self.encoder.logs_topic for m in messages))
         except Stopped:
