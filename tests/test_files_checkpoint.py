@@ -207,3 +207,35 @@ def test_both_generations_corrupt_means_start_over(tmp_path: Path) -> None:
     store.path.write_bytes(b"\0" * 10)
     store.previous.write_bytes(b"")
     assert store.load().offset("s") is None
+
+
+def test_runs_of_lines_budgets_and_overlong_lines(tmp_path: Path) -> None:
+    """read_runs (the tailer's way): ordinary lines come as runs, a line over the maximum on
+    its own between them; at most max_lines lines, the budget's last line included, the offset
+    past each item; what read gives line by line is the same."""
+    from meterstream.ingest.files import Line, Lines
+
+    log = tmp_path / "a.log"
+    body = [b"a1", b"a2", b"x" * 2000, b"a3", b"a4", b"a5"]
+    log.write_bytes(b"".join(line + b"\n" for line in body))
+    fs = fileset(log)
+    fs.poll()
+    (f,) = fs.ordered()
+    items = list(fs.read_runs(f, 1 << 30, 1 << 30))
+    assert [type(i) for i in items] == [Lines, Line, Lines]
+    assert items[0].data == [b"a1", b"a2"] and (items[0].offset, items[0].end) == (0, 6)
+    assert items[1].too_long == 2000 and items[1].data == b"x" * 64 and (items[1].offset, items[1].end) == (6, 2007)
+    assert items[2].data == [b"a3", b"a4", b"a5"] and (items[2].offset, items[2].end) == (2007, 2016)
+    assert f.offset == 2016
+    # a line budget, then a byte budget (the line that reaches it included): no line twice or lost
+    fs2 = fileset(log)
+    fs2.poll()
+    (g,) = fs2.ordered()
+    first = list(fs2.read_runs(g, 1 << 30, 1))
+    assert [i.data for i in first] == [[b"a1"]] and g.offset == 3
+    second = list(fs2.read_runs(g, 2, 1 << 30))
+    assert [i.data for i in second] == [[b"a2"]] and g.offset == 6
+    rest = list(fs2.read_runs(g, 1 << 30, 1 << 30))
+    assert [i.data if isinstance(i, Lines) else i.too_long for i in rest] == [2000, [b"a3", b"a4", b"a5"]]
+    assert [(o, d, t) for _, o, d, t in read_all(fileset(log))] == [
+        (0, b"a1", 0), (3, b"a2", 0), (6, b"x" * 64, 2000), (2007, b"a3", 0), (2010, b"a4", 0), (2013, b"a5", 0)]
