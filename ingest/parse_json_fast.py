@@ -116,17 +116,17 @@ class FastJson:
         # only keys are cached: values (ids, addresses) rarely repeat and would churn the cache
         self._validator = SchemaValidator(cs.typed_dict_schema(fields, extra_behavior="ignore"),
                                           config=cs.CoreConfig(**config, cache_strings="keys"))
-        # the fields a text value can reach: one that is "-" or "" (however JSON spells it, "\\u002d"
-        # too) is an absent sample to the reference path, which drops it before the model sees it
-        # (the converted fields read "-" and "" as the reference path does, but the path tried as
-        # logged first)
-        # ("" is the default of some: there "" is what the reference path makes of it too)
+        # a value "-" or "" (however JSON spells it: "\\u002d" too) is an absent sample to the
+        # reference path, which drops it before the model sees it: a line holding one in a field
+        # a text can reach is deferred. Not in the converted fields, which read them as the
+        # reference path does, but the path, tried as logged first; and not "" where "" is the
+        # field's default, which is what the reference path makes of it too.
         texts = [name for name, field in fields.items()
                  if (name not in CONVERSIONS or name in AS_LOGGED_FIRST) and _may_hold_text(field["schema"])]
-        empty_ok = [name for name in texts if fields[name]["schema"].get("default", None) == ""]
+        empty_is_default = [name for name in texts if fields[name]["schema"].get("default", None) == ""]
         # (itemgetter gives a tuple from two names on: "v", the schema version, is never text)
-        self._dash_or_empty = itemgetter(*[n for n in texts if n not in empty_ok], "v")
-        self._dash = itemgetter(*empty_ok, "v")
+        self._dash_or_empty = itemgetter(*[n for n in texts if n not in empty_is_default], "v")
+        self._dash = itemgetter(*empty_is_default, "v")
         self._src_json: dict[str, bytes | None] = {}
         # key_of takes a LogRecord: one that holds each line's validated values in turn (never
         # handed out; key_of reads fields, and src, which it has no use for, is not among them)
@@ -157,8 +157,8 @@ class FastJson:
         return prefix
 
     def encoded_lines(self, lines: list[bytes], stream: str, offset: int) -> list[tuple[bytes, bytes, int] | None]:
-        """``encoded`` of consecutive lines (each followed by its newline) from ``offset`` on:
-        the same, in one loop (no call per line)."""
+        """``encoded`` of consecutive lines from ``offset`` on (each followed by its newline, so
+        the next starts one byte after it ends): the same, in one loop (no call per line)."""
         src = self.src_json(stream)
         if src is None:
             return [None] * len(lines)
@@ -174,7 +174,7 @@ class FastJson:
                     if not ("-" in texts or "" in texts or "-" in dash(values)):
                         _set(keyed, "__dict__", values)
                         done = key_of(keyed), orjson.dumps(values)[:-1] + src + b"%d}}" % offset, values["ts"]
-                except Exception:  # noqa: BLE001 - as in encoded
+                except Exception:  # noqa: BLE001 - invalid, or a conversion's own error: the reference decides
                     pass
             append(done)
             offset += len(raw) + 1
@@ -183,20 +183,4 @@ class FastJson:
     def encoded(self, raw: bytes, stream: str, offset: int) -> tuple[bytes, bytes, int] | None:
         """(key, value, ts) of ``raw`` (one line, without its newline) at ``stream``/``offset``,
         exactly as the reference path would write them; None when the reference path must decide."""
-        if raw[:1] != b"{":
-            return None
-        src = self.src_json(stream)
-        if src is None:
-            return None
-        try:
-            values = self._validator.validate_json(raw)
-            texts = self._dash_or_empty(values)
-            if "-" in texts or "" in texts or "-" in self._dash(values):
-                return None  # a value the reference path reads as absent: it decides
-            keyed = self._keyed
-            _set(keyed, "__dict__", values)
-            key = key_of(keyed)
-            value = orjson.dumps(values)[:-1] + src + b"%d}}" % offset
-        except Exception:  # noqa: BLE001 - invalid, or a converter's own error: the reference decides
-            return None
-        return key, value, values["ts"]
+        return self.encoded_lines([raw], stream, offset)[0]
