@@ -114,13 +114,14 @@ class Parser:
         except Exception as exc:  # noqa: BLE001 - the contract: nothing escapes, all is reported
             return Rejected("invalid_field", f"{_unencodable(result)}: cannot be encoded ({type(exc).__name__}: {exc})")
 
-    def encoded_at(self, raw: bytes, stream: str, offset: int) -> Encoded | Rejected:
+    def encoded_at(self, raw: bytes, stream: str, offset: int, fast_tried: bool = False) -> Encoded | Rejected:
         """``encoded`` of a line at ``offset`` in ``stream``, by the fast path when it takes the
-        line; the position is built only for the lines the reference path decides."""
+        line; the position is built only for the lines the reference path decides.
+        ``fast_tried``: the fast path has deferred this line already (as a bare line)."""
         fast = self.fast
         if fast is not None:
             if raw[:1] == b"{":
-                done = fast.encoded(raw, stream, offset)
+                done = None if fast_tried else fast.encoded(raw, stream, offset)
             elif raw[:1] and raw[0] in _HEADER_START:  # a syslog header: the JSON message after it
                 done = self._fast_after_header(fast, raw, stream, offset)
             else:

@@ -24,17 +24,20 @@ class Encoder:
     def line(self, data: bytes, position: SourcePosition, source: str, too_long: int = 0) -> Message:
         return self.line_at(data, position.stream, position.offset, source, too_long)
 
-    def line_at(self, data: bytes, stream: str, offset: int, source: str, too_long: int = 0) -> Message:
+    def line_at(self, data: bytes, stream: str, offset: int, source: str, too_long: int = 0,
+                fast_tried: bool = False) -> Message:
         """The message of the line at ``offset`` in ``stream`` (the fast path builds no
-        SourcePosition object: the record's position is validated inside its JSON)."""
+        SourcePosition object: the record's position is validated inside its JSON).
+        ``fast_tried``: the fast path has deferred this line already."""
         if too_long:
             return self.rejected(data, SourcePosition(stream=stream, offset=offset), source, "line_too_long",
                                  f"{too_long} bytes, more than the configured maximum", too_long)
-        if self._fast is not None:  # a bare JSON line, the common case, without the parser's layers
+        if self._fast is not None and not fast_tried:  # a bare JSON line, the common case
             done = self._fast(data, stream, offset)
             if done is not None:
                 return Message(self.logs_topic, *done)
-        result = self.parser.encoded_at(data, stream, offset)
+            fast_tried = True
+        result = self.parser.encoded_at(data, stream, offset, fast_tried)
         if isinstance(result, Rejected):
             return self.rejected(data, SourcePosition(stream=stream, offset=offset), source, result.reason,
                                  result.detail)
@@ -49,7 +52,8 @@ class Encoder:
             done = self.parser.fast.encoded_lines(lines, stream, offset)
         out = []
         for data, fast in zip(lines, done):
-            out.append(Message(topic, *fast) if fast is not None else self.line_at(data, stream, offset, source))
+            out.append(Message(topic, *fast) if fast is not None
+                       else self.line_at(data, stream, offset, source, fast_tried=self.parser.fast is not None))
             offset += len(data) + 1
         return out
 

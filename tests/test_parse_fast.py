@@ -299,3 +299,33 @@ def test_the_fast_path_writes_what_encode_writes() -> None:
     # a stream the model refuses is never written by the fast path
     assert fast.encoded(JSON_LINE.encode(), "", 7) is None
     assert fast.encoded(JSON_LINE.encode(), "bad\x00stream", 7) is None
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.one_of(valid_objects().map(lambda o: json.dumps(o).encode()),
+                          valid_objects(absent=True).map(lambda o: json.dumps(o).encode()),
+                          st.sampled_from([JSON_LINE.encode(), BADREQ_JSON.encode(), b"", b"garbage", b"{",
+                                           ("<134>Nov 25 16:50:01 edge1 haproxy[1234]: " + JSON_LINE).encode()]),
+                          st.binary(max_size=40)).filter(lambda b: b"\n" not in b), max_size=30),
+       st.integers(0, 2**40))
+def test_a_run_of_lines_is_encoded_as_each_line_alone(run: list[bytes], offset: int) -> None:
+    """Encoder.lines (the tailer's runs: the fast path in one loop, the reference path for what
+    it defers) gives each line the message the reference path gives it alone, at its offset."""
+    from meterstream import settings as settings_mod  # noqa: PLC0415
+    from meterstream.ingest.pipeline import Encoder  # noqa: PLC0415
+
+    fast, ref = Encoder(settings_mod.load()), Encoder(settings_mod.load())
+    ref.parser, ref._fast = REFERENCE, None
+    got = fast.lines(run, STREAM, offset, "/var/log/haproxy.log")
+    at = offset
+    assert len(got) == len(run)
+    for line, message in zip(run, got):
+        expected = ref.line_at(line, STREAM, at, "/var/log/haproxy.log")
+        assert (message.topic, message.key, message.timestamp_ms is None) == \
+            (expected.topic, expected.key, expected.timestamp_ms is None)
+        if message.topic == fast.logs_topic:
+            assert (message.value, message.timestamp_ms) == (expected.value, expected.timestamp_ms)
+        else:  # a dead letter: the same but for when it was made
+            assert {**orjson.loads(message.value), "at": 0} == {**orjson.loads(expected.value), "at": 0}
+        at += len(line) + 1
+    assert fast.rejected_count == ref.rejected_count
