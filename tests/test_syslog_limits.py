@@ -171,16 +171,19 @@ async def test_udp_senders_bounded_and_forgotten(ms_topics: Settings, tmp_path: 
     proc, udp, _ = receiver(ms_topics, tmp_path, {"MS_SYSLOG__UDP_MAX_SENDERS": "20",
                                                   "MS_SYSLOG__UDP_SENDER_IDLE_S": "1"})
     try:
+        ports = set()
         for i in range(200):
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # a new source port each
                 s.sendto(json_line(i).encode(), ("127.0.0.1", udp))
+                ports.add(s.getsockname()[1])
             if i % 20 == 0:
                 assert metric(proc, "syslog_udp_senders") <= 20
         wait_for(lambda: metric(proc, "lines_read_total", 'input="syslog_udp"') == 200, 10, "200 datagrams")
         assert metric(proc, "syslog_udp_senders") <= 20
-        # past the limit (or, on a slow machine, idle for a second already): 180 forgotten at least
+        # past the limit (or, on a slow machine, idle for a second already): all but 20 forgotten
+        # at least (of the senders: the kernel may give a closed socket's port to a later one)
         forgotten = sum(metric(proc, "syslog_udp_senders_forgotten_total", f'reason="{r}"') for r in ("limit", "idle"))
-        assert forgotten >= 180
+        assert len(ports) > 150 and forgotten >= len(ports) - 20
         wait_for(lambda: metric(proc, "syslog_udp_senders") == 0, 10, "idle senders forgotten")
         assert metric(proc, "syslog_udp_senders_forgotten_total", 'reason="idle"') >= 1
         records = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=200, quiet_s=1)
