@@ -106,13 +106,15 @@ def valid_objects(draw: st.DrawFn, absent: bool = False) -> dict[str, Any]:
         "termination_state": draw(st.sampled_from(["----", "CD--", "SH--", "PR--", "cD"])),
         "config_hex": draw(st.text("0123456789abcdefABCDEF", max_size=64)),
     }
+    if "customer_id" in LogRecord.model_fields:  # HAProxy's hint (LogRecord v2)
+        obj["customer_id"] = draw(st.integers(1, INT32_MAX).flatmap(_quoted))
     if draw(st.booleans()):
         obj["api_key_fp"] = obj["api_key_fp"].upper()
     if absent:
         for name in draw(st.sets(st.sampled_from(FIELDS))):
             obj[name] = draw(st.sampled_from(["-", ""]))
     for name in draw(st.sets(st.sampled_from(FIELDS), max_size=3)):
-        del obj[name]
+        obj.pop(name, None)
     if draw(st.booleans()):  # a newer config logs more
         obj[draw(st.sampled_from(["extra", "srv_queue", "tls"]))] = draw(st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5))
     keys = draw(st.permutations(list(obj)))
