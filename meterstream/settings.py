@@ -159,8 +159,11 @@ class SinkSettings(Section):
     consumer: str = Field(default="meterstream-sink-postgres", description="group id and sink_offsets key")
     topics: list[str] = Field(default_factory=lambda: ["haproxy.logs", "meter.usage", "meter.breaches"],
                               description="logical topics to persist")
-    batch_rows: int = Field(default=5_000, ge=1)
-    flush_interval_s: float = Field(default=0.2, gt=0)
+    batch_rows: int = Field(default=20_000, ge=1, description="messages per transaction (rows and offsets)")
+    flush_interval_s: float = Field(default=0.2, gt=0, description="longest wait to fill a batch")
+    fetch_max_bytes: int = Field(default=32 * 2**20, ge=2**16, description="bytes a fetch from Kafka returns at most")
+    partition_fetch_bytes: int = Field(default=4 * 2**20, ge=2**16,
+                                       description="bytes a fetch returns at most per partition")
 
 
 class WorkerSettings(Section):

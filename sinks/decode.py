@@ -1,17 +1,20 @@
 """A message of a sink topic -> the row of its table, or the refusal that dead-letters it.
 
 Every value is validated by its wire model (schemas/), whose fields are bounded to what the
-table's columns hold; the handler then builds the row. Whatever the bytes, ``row_of`` returns a
-row or raises ``Refused``: the sink sends that message to ``haproxy.logs.rejected`` (built by
-``dead_letter``) and goes on.
+table's columns hold: in one pass from the message bytes (pydantic-core parses and validates
+the JSON into the model, with no intermediate dict); the handler then builds the row. Whatever
+the bytes, ``row_of`` returns a row or raises ``Refused``: the sink sends that message to
+``haproxy.logs.rejected`` (built by ``dead_letter``) and goes on.
 """
 
 from __future__ import annotations
 
 from types import ModuleType
 
+from pydantic import ValidationError
+
 from meterstream.schemas.records import RejectedLine, SourcePosition
-from meterstream.schemas.wire import WireError, decode
+from meterstream.schemas.wire import WireError
 
 # reasons of the sink's dead letters (RejectedLine.reason)
 NULL_VALUE = "null_value"  # a message without a value (a tombstone on a topic that has none)
@@ -33,13 +36,19 @@ def row_of(handler: ModuleType, value: bytes | None) -> tuple:
     if value is None:
         raise Refused(NULL_VALUE, "a message without a value (tombstone)")
     try:
-        model = decode(handler.MODEL, value)
-    except WireError as exc:
-        raise Refused(INVALID_RECORD, str(exc)) from None
+        model = handler.MODEL.__pydantic_validator__.validate_json(value)  # = MODEL.model_validate_json
+    except ValidationError as exc:
+        raise Refused(INVALID_RECORD, str(_wire_error(handler.MODEL.__name__, exc))) from None
     try:
         return handler.row(model)
     except (ValueError, OverflowError) as exc:  # a row builder's own check of a column
         raise Refused(INVALID_RECORD, f"{type(exc).__name__}: {exc}") from None
+
+
+def _wire_error(model: str, exc: ValidationError) -> WireError:
+    """The first error, as schemas.wire names it (model.field: message)."""
+    first = exc.errors(include_url=False)[0]
+    return WireError(model, ".".join(str(part) for part in first["loc"]), first["msg"])
 
 
 def dead_letter(topic: str, partition: int, offset: int, value: bytes | None, refused: Refused,

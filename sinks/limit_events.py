@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 import asyncpg
 
 from meterstream.schemas.limits import LimitEvent
@@ -13,12 +11,12 @@ STAGING = "limit_events_staging"
 COLUMNS = ("event_id", "customer_id", "service_type", "kind", "observed", "limit_value", "window_label",
            "at", "api_key_fp", "region_id")
 MODEL = LimitEvent
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def row(e: LimitEvent) -> tuple:
+    """``at`` in epoch milliseconds, as the sink's connections take it (sinks/pgvalues.py)."""
     return (e.event_id, e.customer_id, None if e.service_type is None else int(e.service_type), e.kind.value,
-            e.observed, e.limit, e.window, _EPOCH + timedelta(milliseconds=e.at), e.api_key_fp, e.region_id)
+            e.observed, e.limit, e.window, e.at, e.api_key_fp, e.region_id)
 
 
 async def write(conn: asyncpg.Connection, rows: list[tuple]) -> int:

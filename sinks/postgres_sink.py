@@ -20,11 +20,13 @@ dead letters, never a row; docs/sinks.md).
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections import defaultdict
+from collections.abc import Iterable
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
 from meterstream import logs, pg
 from meterstream.producer import Message, RoundProducer
@@ -33,16 +35,43 @@ from meterstream.schemas.topics import key_of
 from meterstream.schemas.wire import encode
 from meterstream.service import FailureClock
 from meterstream.settings import Settings
-from meterstream.sinks import limit_events, metrics, raw_logs, usage
+from meterstream.sinks import limit_events, metrics, pgvalues, raw_logs, usage
 from meterstream.sinks.decode import INVALID_RECORD, REFUSED_BY_POSTGRES, Refused, dead_letter, row_of
 from meterstream.sinks.isolate import REFUSED, refused_rows
 
 log = logs.get(__name__)
 LAG_INTERVAL_S = 1.0
+# the collector's first generation runs after this many new objects (Python's default: 700):
+# a batch holds about two objects per message, which would make it run every few hundred
+# messages, its later generations over the whole batch
+GC_THRESHOLD = 50_000
 # topic -> its handler module: MODEL, TABLE, STAGING, COLUMNS, row(value), write(conn, rows)
 HANDLERS = {topics.HAPROXY_LOGS: raw_logs, topics.METER_USAGE: usage, topics.METER_BREACHES: limit_events}
 # a message taken: its partition, offset, value, and its row or why it is a dead letter
 Taken = tuple[TopicPartition, int, bytes | None, tuple | Refused]
+
+
+class Batch:
+    """The messages taken since the last write, in the order taken, with the rows of each
+    topic (and where each row's message is in ``taken``) and the next offset of each
+    partition: what one transaction writes."""
+
+    __slots__ = ("taken", "rows", "at", "next_offsets")
+
+    def __init__(self, taken: Iterable[Taken] = ()) -> None:
+        self.taken: list[Taken] = []
+        self.rows: dict[str, list[tuple]] = defaultdict(list)
+        self.at: dict[str, list[int]] = defaultdict(list)
+        self.next_offsets: dict[TopicPartition, int] = {}
+        for tp, offset, value, row in taken:  # a batch rebuilt (partitions revoked, rows refused)
+            if not isinstance(row, Refused):
+                self.at[tp.topic].append(len(self.taken))
+                self.rows[tp.topic].append(row)
+            self.taken.append((tp, offset, value, row))
+            self.next_offsets[tp] = max(self.next_offsets.get(tp, 0), offset + 1)
+
+    def __len__(self) -> int:
+        return len(self.taken)
 
 
 class _Seeker(ConsumerRebalanceListener):
@@ -64,7 +93,7 @@ class PostgresSink:
         self.handlers = {settings.topic(name): HANDLERS[name] for name in settings.sink.topics}
         self.consumer_name = settings.sink.consumer
         self.lock = asyncio.Lock()
-        self.pending: list[Taken] = []
+        self.batch = Batch()
         self.expected: dict[TopicPartition, int] = {}  # next offset to take, per partition
         self.conn: asyncpg.Connection | None = None
         self.consumer: AIOKafkaConsumer | None = None
@@ -77,7 +106,7 @@ class PostgresSink:
     def health(self) -> tuple[bool, dict[str, object]]:
         failing = max(self.failure.seconds(), self.dead_letters.failure.seconds())
         return self.failure.healthy() and self.dead_letters.failure.healthy(), {
-            "failing_s": round(failing, 1), "pending": len(self.pending)}
+            "failing_s": round(failing, 1), "pending": len(self.batch)}
 
     # -- Postgres ----------------------------------------------------------------------------
     async def _connection(self) -> asyncpg.Connection:
@@ -87,6 +116,7 @@ class PostgresSink:
                 # minutes and hours are UTC ones (the CHECKs and the hour roll-up truncate in
                 # the session's zone, which a server default of +05:30 would shift)
                 await conn.execute("SET TIME ZONE 'UTC'")
+                await pgvalues.prepare(conn)  # the rows' timestamps and addresses, as they are
                 for handler in self.handlers.values():
                     await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {handler.STAGING} "
                                        f"(LIKE {handler.TABLE} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
@@ -129,7 +159,7 @@ class PostgresSink:
 
     def drop(self, revoked: list[TopicPartition]) -> None:
         gone = set(revoked)
-        self.pending = [p for p in self.pending if p[0] not in gone]
+        self.batch = Batch(p for p in self.batch.taken if p[0] not in gone)
         for tp in gone:
             self.expected.pop(tp, None)
 
@@ -137,41 +167,35 @@ class PostgresSink:
         """Write the pending batch and its offsets in one transaction; retry until it is in.
         Its dead letters are acknowledged by Kafka first."""
         async with self.lock:
-            if not self.pending:
+            batch = self.batch
+            if not batch:
                 return
-            sent: set[int] = set()  # dead letters already acknowledged (by index in pending)
+            sent: set[int] = set()  # dead letters already acknowledged (by index in the batch)
             while True:
-                await self._send_dead_letters(sent)
-                rows: dict[str, list[tuple[int, tuple]]] = defaultdict(list)
-                next_offsets: dict[tuple[str, int], int] = {}
-                for i, (tp, offset, _, row) in enumerate(self.pending):
-                    if not isinstance(row, Refused):
-                        rows[tp.topic].append((i, row))
-                    key = (tp.topic, tp.partition)
-                    next_offsets[key] = max(next_offsets.get(key, 0), offset + 1)
+                await self._send_dead_letters(batch, sent)
                 started = time.monotonic()
                 conn: asyncpg.Connection | None = None
                 try:
                     conn = await self._connection()
                     written = {}
                     async with conn.transaction():
-                        for topic, topic_rows in rows.items():
-                            handler = self.handlers[topic]
-                            written[handler.TABLE] = (await handler.write(conn, [r for _, r in topic_rows]),
-                                                      len(topic_rows))
+                        for topic, rows in batch.rows.items():
+                            if rows:
+                                handler = self.handlers[topic]
+                                written[handler.TABLE] = (await handler.write(conn, rows), len(rows))
                         await conn.executemany(
                             """INSERT INTO sink_offsets (consumer, topic, partition, next_offset)
                                VALUES ($1, $2, $3, $4)
                                ON CONFLICT (consumer, topic, partition) DO UPDATE
                                SET next_offset = GREATEST(sink_offsets.next_offset, EXCLUDED.next_offset),
                                    updated_at = now()""",
-                            [(self.consumer_name, t, p, o) for (t, p), o in next_offsets.items()])
+                            [(self.consumer_name, tp.topic, tp.partition, o) for tp, o in batch.next_offsets.items()])
                     break
                 except REFUSED as exc:  # a row the table refuses: find it, dead-letter it, write the rest
                     if conn is None:
                         raise
                     try:
-                        await self._isolate(conn, rows, exc)
+                        batch = await self._isolate(conn, batch, exc)
                     except pg.TRANSIENT as again:
                         await self._backoff(again)
                 except pg.TRANSIENT as exc:
@@ -181,22 +205,25 @@ class PostgresSink:
                 metrics.ROWS.labels(table).inc(new)
                 metrics.DUPLICATES.labels(table).inc(taken - new)
             self.failure.recovered()
-            self.pending = []
+            self.batch = Batch()
 
-    async def _isolate(self, conn: asyncpg.Connection, rows: dict[str, list[tuple[int, tuple]]],
-                       error: BaseException) -> None:
+    async def _isolate(self, conn: asyncpg.Connection, batch: Batch, error: BaseException) -> Batch:
+        """The batch with the rows Postgres refuses made dead letters."""
         metrics.ISOLATIONS.inc()
-        found = await refused_rows(conn, [(self.handlers[topic], topic_rows) for topic, topic_rows in rows.items()])
+        found = await refused_rows(conn, [(self.handlers[topic], list(zip(batch.at[topic], rows, strict=True)))
+                                          for topic, rows in batch.rows.items() if rows])
         if not found:  # no single row is refused: not a value's fault, so not a dead letter
             log.error("postgres refused a batch, but none of its rows alone", error=f"{type(error).__name__}: {error}"[:300])
             raise error
+        taken = list(batch.taken)
         for i, why in found.items():
-            tp, offset, value, _ = self.pending[i]
-            self.pending[i] = (tp, offset, value, Refused(REFUSED_BY_POSTGRES, why))
+            tp, offset, value, _ = taken[i]
+            taken[i] = (tp, offset, value, Refused(REFUSED_BY_POSTGRES, why))
         log.error("postgres refused rows of a batch: dead-lettered, the rest is written", rows=len(found),
                   error=next(iter(found.values()))[:300])
+        return Batch(taken)  # the same messages, in the same order: dead letters sent stay sent
 
-    async def _send_dead_letters(self, sent: set[int]) -> None:
+    async def _send_dead_letters(self, batch: Batch, sent: set[int]) -> None:
         """Publishes the batch's dead letters not yet acknowledged, and waits for Kafka's
         acknowledgement."""
         keep = self.settings.produce.dead_letter_raw_bytes
@@ -204,7 +231,7 @@ class PostgresSink:
         indices: list[int] = []
         counts: dict[tuple[str, str], int] = defaultdict(int)
         first: list[dict[str, str]] = []
-        for i, (tp, offset, value, row) in enumerate(self.pending):
+        for i, (tp, offset, value, row) in enumerate(batch.taken):
             if isinstance(row, Refused) and i not in sent:
                 line = dead_letter(tp.topic, tp.partition, offset, value, row, keep)
                 letters.append(Message(self.rejected_topic, key_of(line), encode(line)))
@@ -222,21 +249,36 @@ class PostgresSink:
         log.warning("messages dead-lettered to haproxy.logs.rejected", count=len(letters), first=first)
 
     # -- Kafka -------------------------------------------------------------------------------
-    def _take(self, tp: TopicPartition, offset: int, value: bytes | None) -> None:
+    def _take(self, tp: TopicPartition, messages: list[ConsumerRecord]) -> None:
+        """Adds a partition's fetched messages to the batch: one pass from each value's bytes
+        to its row (or the reason it is a dead letter). The hot loop of the sink."""
         # Only records at or past the position this sink set for the partition: aiokafka can
         # hand out records of a newly assigned partition before the assignment callback's seek
         # to the stored offset took effect; those come again from that offset.
-        expected = self.expected.get(tp)
-        if expected is None or offset < expected:
+        expected = start = self.expected.get(tp)
+        if expected is None:
             return
-        self.expected[tp] = offset + 1
-        try:
-            row: tuple | Refused = row_of(self.handlers[tp.topic], value)
-        except Refused as refused:
-            if refused.reason == INVALID_RECORD:
-                metrics.UNDECODABLE.labels(tp.topic).inc()
-            row = refused
-        self.pending.append((tp, offset, value, row))
+        handler = self.handlers[tp.topic]
+        batch = self.batch
+        taken, rows, at = batch.taken, batch.rows[tp.topic], batch.at[tp.topic]
+        for m in messages:
+            offset = m.offset
+            if offset < expected:
+                continue
+            expected = offset + 1
+            value = m.value
+            try:
+                row: tuple | Refused = row_of(handler, value)
+            except Refused as refused:
+                if refused.reason == INVALID_RECORD:
+                    metrics.UNDECODABLE.labels(tp.topic).inc()
+                row = refused
+            else:
+                at.append(len(taken))
+                rows.append(row)
+            taken.append((tp, offset, value, row))
+        if expected != start:
+            self.expected[tp] = batch.next_offsets[tp] = expected
 
     async def run(self) -> None:
         s = self.settings
@@ -244,18 +286,23 @@ class PostgresSink:
             bootstrap_servers=s.kafka.bootstrap, group_id=self.consumer_name,
             client_id=f"{s.kafka.client_id}-sink-postgres", enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_interval_ms=3_600_000, isolation_level="read_committed",
+            fetch_max_bytes=s.sink.fetch_max_bytes, max_partition_fetch_bytes=s.sink.partition_fetch_bytes,
         )
         self.consumer.subscribe(list(self.handlers), listener=_Seeker(self))
         await self.consumer.start()
+        # What is alive now (modules, clients) lives as long as the process: out of the
+        # collector's way, so that its passes over a batch's objects stay short.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(GC_THRESHOLD, 20, 20)
         try:
             last_flush, last_lag = time.monotonic(), 0.0  # the lag gauge from the first loop on
             while not self.stop_requested.is_set():
-                batch = await self.consumer.getmany(timeout_ms=100, max_records=s.sink.batch_rows - len(self.pending))
-                for tp, messages in batch.items():
-                    for m in messages:
-                        self._take(tp, m.offset, m.value)
+                fetched = await self.consumer.getmany(timeout_ms=100, max_records=s.sink.batch_rows - len(self.batch))
+                for tp, messages in fetched.items():
+                    self._take(tp, messages)
                 due = time.monotonic() - last_flush >= s.sink.flush_interval_s
-                if len(self.pending) >= s.sink.batch_rows or (self.pending and due):
+                if len(self.batch) >= s.sink.batch_rows or (self.batch and due):
                     await self.flush()
                     last_flush = time.monotonic()
                 if time.monotonic() - last_lag >= LAG_INTERVAL_S:  # a broker round trip: not per batch

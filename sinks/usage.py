@@ -7,8 +7,6 @@ totals do, rather than overflow and make Postgres refuse the batch."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
-
 import asyncpg
 
 from meterstream.schemas.types import INT64_MAX
@@ -18,11 +16,11 @@ TABLE = "usage_minutes"
 STAGING = "usage_minutes_staging"
 COLUMNS = ("customer_id", "service_type", "network", "window_start", "revision", "final", *COUNTS)
 MODEL = UsageWindow
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def row(u: UsageWindow) -> tuple:
-    return (u.customer_id, int(u.service_type), int(u.network), _EPOCH + timedelta(milliseconds=u.window_start),
+    """``window_start`` in epoch milliseconds, as the sink's connections take it (sinks/pgvalues.py)."""
+    return (u.customer_id, int(u.service_type), int(u.network), u.window_start,
             u.revision, u.final, *(getattr(u, name) for name in COUNTS))
 
 

@@ -5,6 +5,7 @@ table (real Postgres): the models and the columns agree."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from types import ModuleType
 
@@ -20,7 +21,7 @@ from meterstream.schemas.notifications import config_change, vault_change
 from meterstream.schemas.tiers import effective_limits
 from meterstream.schemas.types import EPOCH_MS_MAX, EPOCH_MS_MIN, INT32_MAX, INT32_MIN, INT64_MAX, JSON_SAFE_MAX
 from meterstream.schemas.wire import WireError, encode
-from meterstream.sinks import limit_events, raw_logs, usage
+from meterstream.sinks import limit_events, pgvalues, raw_logs, usage
 from meterstream.sinks.decode import Refused, dead_letter, row_of
 from meterstream.sinks.vault_state import seal_key_entry, service_entry
 from meterstream.sinks.vault_updates import UnknownKey, customer_of, held
@@ -134,7 +135,15 @@ async def staged(pg: asyncpg.Connection) -> asyncpg.Connection:
         await pg.execute(f"CREATE TEMP TABLE IF NOT EXISTS {handler.STAGING} "
                          f"(LIKE {handler.TABLE} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
     await pg.execute("SET TIME ZONE 'UTC'")
+    await pgvalues.prepare(pg)  # the sink's rows carry timestamps and addresses as it sends them
     return pg
+
+
+def _packed(address: str | None) -> bytes | None:
+    try:
+        return ipaddress.ip_address(address).packed
+    except ValueError:
+        return None
 
 
 class _Rollback(Exception):
@@ -148,10 +157,29 @@ class _Rollback(Exception):
 async def test_every_value_the_model_accepts_goes_into_its_table(staged: asyncpg.Connection, topic: str,
                                                                   data: st.DataObject) -> None:
     handler: ModuleType = HANDLERS[topic]
-    rows = [row_of(handler, as_bytes(data.draw(VALID[handler]))) for _ in range(data.draw(st.integers(1, 3)))]
+    values = [as_bytes(data.draw(VALID[handler])) for _ in range(data.draw(st.integers(1, 3)))]
+    rows = [row_of(handler, value) for value in values]
     try:
         async with staged.transaction():
             assert await handler.write(staged, rows) >= 1
+            # what Postgres stored is the model's time and address (read as Postgres shows them)
+            if handler is raw_logs:
+                stored = {r["request_id"]: (r["ms"], r["ip"]) for r in await staged.fetch(
+                    "SELECT request_id, (extract(epoch FROM ts) * 1000)::bigint AS ms, host(client_ip) AS ip "
+                    "FROM haproxy_raw_logs")}
+                expected: dict[str, tuple] = {}
+                for value in values:
+                    r = handler.MODEL.model_validate_json(value)
+                    expected.setdefault(r.request_id, (r.ts, _packed(r.client_ip)))
+                assert {k: (ms, ip and _packed(ip)) for k, (ms, ip) in stored.items()} == expected
+            elif handler is limit_events:
+                stored = {r["event_id"]: r["ms"] for r in await staged.fetch(
+                    "SELECT event_id, (extract(epoch FROM at) * 1000)::bigint AS ms FROM limit_events")}
+                expected = {}
+                for value in values:
+                    e = handler.MODEL.model_validate_json(value)
+                    expected.setdefault(e.event_id, e.at)
+                assert stored == expected
             raise _Rollback
     except _Rollback:
         pass
