@@ -1,12 +1,15 @@
-"""Postgres sink benchmark (issue 6): `meterstream sink-postgres` beside `psql \\copy`.
+"""Postgres sink benchmark (issues 6 and 12): `meterstream sink-postgres` beside `psql \\copy`.
 
-    python -m bench.sink [--rows N]
+    python -m bench sink [--rows N [N ...]]
+    python -m bench sink --scale       # 100,000, 1,000,000 and 5,000,000 rows (issue 12 part 3)
 
-Produces N LogRecords to a fresh topic, then times the sink (on CPU 0, the broker on CPU 1)
-from start until its stored offsets cover them all, in a fresh migrated database. The rows it
-wrote are exported to CSV and loaded with `psql \\copy` into an identical table (same columns,
-constraints and indexes) in another fresh database: rows/s of both, their ratio, the sink's
-peak RSS.
+For each N: produces N LogRecords to a fresh topic, then times the sink (on CPU 0, the broker on
+CPU 1) from its process start until its stored offsets cover them all, in a fresh migrated
+database, sampling its memory. The rows it wrote are exported to CSV and loaded with
+`psql \\copy` (on CPU 0 too) into an identical table (same columns, constraints and indexes) in
+another fresh database. Prints, per N: rows/s of both and their ratio (the bar of issue 12:
+0.9), the sink's rate once its first batch is committed (start-up left out), its CPU time per
+row, and its peak and final resident memory (flat as N grows: memory is bounded by a batch).
 """
 
 from __future__ import annotations
@@ -18,15 +21,19 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import asyncpg
+from aiokafka import AIOKafkaProducer
 
-from bench.common import WORK, fresh_db, peak_rss_mib, pin_broker, produce_all, services, unpin_broker
+from bench.common import WORK, fresh_db, peak_rss_mib, pin_broker, services, unpin_broker
 from meterstream import settings as settings_mod
 from meterstream.kafka import ensure_topics
 from meterstream.schemas.records import LogRecord, SourcePosition
 from meterstream.schemas.topics import key_of
 from meterstream.schemas.wire import encode
+
+SCALE = (100_000, 1_000_000, 5_000_000)
 
 
 def record(i: int) -> LogRecord:
@@ -39,18 +46,54 @@ def record(i: int) -> LogRecord:
 
 
 async def produce(settings: settings_mod.Settings, rows: int) -> None:
+    """The records, sent in batches the producer builds per partition (round robin): millions
+    of per-message sends would take minutes before the measurement starts."""
     topic = settings.topic("haproxy.logs")
-    await produce_all(settings.kafka.bootstrap, ((topic, key_of(r), encode(r)) for r in map(record, range(rows))))
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", enable_idempotence=True,
+                                max_batch_size=512 * 1024)
+    await producer.start()
+    try:
+        partitions = sorted(await producer.partitions_for(topic))
+        builders = {p: producer.create_batch() for p in partitions}
+        sent: list[asyncio.Future] = []
+        for i in range(rows):
+            r = record(i)
+            p = partitions[i % len(partitions)]
+            key, value = key_of(r), encode(r)
+            if builders[p].append(key=key, value=value, timestamp=None) is None:  # full
+                sent.append(await producer.send_batch(builders[p], topic, partition=p))
+                builders[p] = producer.create_batch()
+                builders[p].append(key=key, value=value, timestamp=None)
+                if len(sent) >= 32:
+                    await asyncio.gather(*sent)
+                    sent.clear()
+        for p, builder in builders.items():
+            if builder.record_count():
+                sent.append(await producer.send_batch(builder, topic, partition=p))
+        await asyncio.gather(*sent)
+    finally:
+        await producer.stop()
 
 
-async def main_async(rows: int, dev) -> None:  # noqa: ANN001
-    admin_dsn = dev.postgres.dsn.rsplit("/", 1)[0] + "/postgres"
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+async def measure(rows: int, dev, admin_dsn: str) -> dict[str, float]:  # noqa: ANN001
     settings = settings_mod.load(None, kafka={"bootstrap": dev.kafka.bootstrap,
                                               "topic_prefix": f"bench{uuid.uuid4().hex[:6]}."})
     await ensure_topics(settings, partitions=4)
     started = time.perf_counter()
     await produce(settings, rows)
-    print(f"# produced {rows:,} records in {time.perf_counter() - started:.1f}s")
+    print(f"# produced {rows:,} records in {time.perf_counter() - started:.1f}s", flush=True)
     sink_dsn, copy_dsn = await fresh_db(admin_dsn), await fresh_db(admin_dsn)
 
     env = {**os.environ, "MS_KAFKA__BOOTSTRAP": settings.kafka.bootstrap,
@@ -62,13 +105,16 @@ async def main_async(rows: int, dev) -> None:  # noqa: ANN001
         started = time.perf_counter()
         proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "meterstream.cli", "--log-level",
                                  "warning", "sink-postgres", "--http-port", "0"], env=env)
-        peak = 0.0
-        while (await conn.fetchval("SELECT coalesce(sum(next_offset), 0) FROM sink_offsets")) < rows:
+        peak, first = 0.0, None
+        while (done := await conn.fetchval("SELECT coalesce(sum(next_offset), 0) FROM sink_offsets")) < rows:
+            if done and first is None:
+                first = (time.perf_counter(), int(done))
             peak = max(peak, peak_rss_mib(proc.pid))
             if proc.poll() is not None:
                 raise RuntimeError(f"the sink exited with {proc.returncode}")
             await asyncio.sleep(0.05)
-        sink_seconds = time.perf_counter() - started
+        ended = time.perf_counter()
+        peak, final, cpu = max(peak, peak_rss_mib(proc.pid)), rss_mib(proc.pid), cpu_seconds(proc.pid)
         proc.terminate()
         proc.wait(60)
     finally:
@@ -79,28 +125,44 @@ async def main_async(rows: int, dev) -> None:  # noqa: ANN001
     csv = WORK / "raw_logs.csv"
     psql = [str(dev.postgres._bin("psql")), "-X", "-q", "-v", "ON_ERROR_STOP=1"]  # noqa: SLF001
     subprocess.run([*psql, sink_dsn, "-c", f"\\copy haproxy_raw_logs TO '{csv}' CSV"], check=True)
-    started = time.perf_counter()
+    copy_started = time.perf_counter()
     subprocess.run(["taskset", "-c", "0", *psql, copy_dsn, "-c", f"\\copy haproxy_raw_logs FROM '{csv}' CSV"],
                    check=True)
-    copy_seconds = time.perf_counter() - started
+    copy_seconds = time.perf_counter() - copy_started
+    csv.unlink()
 
     admin = await asyncpg.connect(admin_dsn)
     for dsn in (sink_dsn, copy_dsn):
         await admin.execute(f'DROP DATABASE "{dsn.rsplit("/", 1)[1]}" WITH (FORCE)')
     await admin.close()
-    print(f"psql \\copy             {rows / copy_seconds:>10,.0f} rows/s")
-    print(f"meterstream sink       {rows / sink_seconds:>10,.0f} rows/s (from process start, Kafka to committed rows)")
-    print(f"ratio sink/copy        {copy_seconds / sink_seconds:>10.2f}")
-    print(f"sink peak RSS          {peak:>10.0f} MiB")
+    sink_seconds = ended - started
+    steady = (rows - first[1]) / (ended - first[0]) if first and first[1] < rows else float("nan")
+    return {"rows": rows, "copy": rows / copy_seconds, "sink": rows / sink_seconds, "ratio": copy_seconds / sink_seconds,
+            "steady": steady, "cpu_us": cpu / rows * 1e6, "peak": peak, "final": final}
+
+
+async def main_async(sizes: list[int], dev) -> None:  # noqa: ANN001
+    admin_dsn = dev.postgres.dsn.rsplit("/", 1)[0] + "/postgres"
+    results = [await measure(rows, dev, admin_dsn) for rows in sizes]
+    copy = "psql \\copy"
+    print(f"{'rows':>10} {copy:>12} {'sink':>10} {'ratio':>6} {'sink after':>11} {'sink CPU':>9} "
+          f"{'peak RSS':>9} {'end RSS':>8}")
+    print(f"{'':>10} {'rows/s':>12} {'rows/s':>10} {'':>6} {'1st batch':>11} {'us/row':>9} {'MiB':>9} {'MiB':>8}")
+    for r in results:
+        print(f"{r['rows']:>10,} {r['copy']:>12,.0f} {r['sink']:>10,.0f} {r['ratio']:>6.2f} {r['steady']:>11,.0f} "
+              f"{r['cpu_us']:>9.1f} {r['peak']:>9.0f} {r['final']:>8.0f}")
+    print("# sink rows/s: from its process start to the commit of the last row (Kafka to committed rows); "
+          "ratio: sink/copy rows/s")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rows", type=int, default=300_000)
+    parser.add_argument("--rows", type=int, nargs="+", default=[300_000], help="one measurement per number")
+    parser.add_argument("--scale", action="store_true", help=f"--rows {' '.join(map(str, SCALE))}")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     dev = services()  # synchronous: before the event loop
-    asyncio.run(main_async(args.rows, dev))
+    asyncio.run(main_async(list(SCALE) if args.scale else args.rows, dev))
 
 
 if __name__ == "__main__":

@@ -53,18 +53,21 @@ Taken = tuple[TopicPartition, int, bytes | None, tuple | Refused]
 
 class Batch:
     """The messages taken since the last write, in the order taken, with the rows of each
-    topic (and where each row's message is in ``taken``) and the next offset of each
-    partition: what one transaction writes."""
+    topic (and where each row's message is in ``taken``), how many are dead letters and the
+    next offset of each partition: what one transaction writes."""
 
-    __slots__ = ("taken", "rows", "at", "next_offsets")
+    __slots__ = ("taken", "rows", "at", "refused", "next_offsets")
 
     def __init__(self, taken: Iterable[Taken] = ()) -> None:
         self.taken: list[Taken] = []
         self.rows: dict[str, list[tuple]] = defaultdict(list)
         self.at: dict[str, list[int]] = defaultdict(list)
+        self.refused = 0
         self.next_offsets: dict[TopicPartition, int] = {}
         for tp, offset, value, row in taken:  # a batch rebuilt (partitions revoked, rows refused)
-            if not isinstance(row, Refused):
+            if isinstance(row, Refused):
+                self.refused += 1
+            else:
                 self.at[tp.topic].append(len(self.taken))
                 self.rows[tp.topic].append(row)
             self.taken.append((tp, offset, value, row))
@@ -226,6 +229,8 @@ class PostgresSink:
     async def _send_dead_letters(self, batch: Batch, sent: set[int]) -> None:
         """Publishes the batch's dead letters not yet acknowledged, and waits for Kafka's
         acknowledgement."""
+        if not batch.refused:
+            return
         keep = self.settings.produce.dead_letter_raw_bytes
         letters: list[Message] = []
         indices: list[int] = []
@@ -273,6 +278,7 @@ class PostgresSink:
                 if refused.reason == INVALID_RECORD:
                     metrics.UNDECODABLE.labels(tp.topic).inc()
                 row = refused
+                batch.refused += 1
             else:
                 at.append(len(taken))
                 rows.append(row)
