@@ -223,10 +223,11 @@ def sink_postgres(obj: Context, http_port: int | None) -> None:
     """Persist haproxy.logs into haproxy_raw_logs exactly once: rows and consumed offsets in
     one transaction (binary COPY through a staging table), idempotent on request_id."""
     from meterstream.service import serve
-    from meterstream.sinks.postgres_sink import PostgresSink
+    from meterstream.sinks.postgres_sink import PostgresSink, tune_collector
 
     settings = _with(obj.settings, http={"port": http_port} if http_port is not None else {})
     sink = PostgresSink(settings)
+    tune_collector()
     _run(serve("sink-postgres", settings, sink.run, sink.request_stop, sink.health))
 
 
