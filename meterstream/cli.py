@@ -221,7 +221,7 @@ def vault_decrypt(obj: Context, version_file: Path, output: Path | None) -> None
 @pass_ctx
 def sink_postgres(obj: Context, http_port: int | None) -> None:
     """Persist haproxy.logs into haproxy_raw_logs exactly once: rows and consumed offsets in
-    one transaction (binary COPY through a staging table), idempotent on request_id."""
+    one transaction (binary COPY), idempotent on request_id."""
     from meterstream.service import serve
     from meterstream.sinks.postgres_sink import PostgresSink, tune_collector
 
