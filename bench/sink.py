@@ -21,12 +21,11 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
 
-from bench.common import WORK, fresh_db, peak_rss_mib, pin_broker, services, unpin_broker
+from bench.common import WORK, cpu_seconds, fresh_db, peak_rss_mib, pin_broker, rss_mib, services, unpin_broker
 from meterstream import settings as settings_mod
 from meterstream.kafka import ensure_topics
 from meterstream.schemas.records import LogRecord, SourcePosition
@@ -73,18 +72,6 @@ async def produce(settings: settings_mod.Settings, rows: int) -> None:
         await asyncio.gather(*sent)
     finally:
         await producer.stop()
-
-
-def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
 async def measure(rows: int, dev, admin_dsn: str) -> dict[str, float]:  # noqa: ANN001
