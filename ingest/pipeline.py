@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from meterstream.ingest import metrics
 from meterstream.ingest.parser import Parser, Rejected
-from meterstream.producer import Message
+from meterstream.producer import Message, Refused
 from meterstream.schemas import topics
 from meterstream.schemas.records import RejectedLine, SourcePosition
 from meterstream.schemas.wire import encode
@@ -56,6 +56,12 @@ class Encoder:
                        else self.line_at(data, stream, offset, source, fast_tried=self.parser.fast is not None))
             offset += len(data) + 1
         return out
+
+    def unpublishable(self, refused: Refused) -> Message:
+        """The dead letter of a message Kafka refused for good (too large for the topic...)."""
+        m = refused.message
+        return self.rejected(m.value or b"", None, f"ingest:{m.topic}", "unpublishable",
+                             f"Kafka refused it: {refused.error}")
 
     def rejected(self, data: bytes, position: SourcePosition | None, source: str, reason: str,
                  detail: str, total: int | None = None) -> Message:

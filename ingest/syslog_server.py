@@ -239,7 +239,7 @@ class SyslogReceiver:
                     # the listeners go on receiving meanwhile: UDP has no back-pressure, a full
                     # socket buffer drops datagrams before anything can count them
                     await asyncio.sleep(0)
-                await self.producer.send_round(messages)
+                await self.producer.deliver(messages, self.encoder.unpublishable)
                 metrics.RECORDS_PRODUCED.inc(sum(m.topic == self.encoder.logs_topic for m in messages))
         except Stopped:
             log.warning("stopping with lines not acknowledged by Kafka", queued=len(self.queue))

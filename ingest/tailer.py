@@ -105,7 +105,7 @@ class Tailer:
         return batch
 
     async def _deliver(self, batch: Round) -> None:
-        await self.producer.send_round(batch.messages)
+        await self.producer.deliver(batch.messages, self.encoder.unpublishable)
         metrics.RECORDS_PRODUCED.inc(batch.records)
         for stream, (end, path) in batch.ends.items():
             current = self.checkpoint.offset(stream)

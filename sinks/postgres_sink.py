@@ -29,7 +29,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
 from meterstream import logs, pg
-from meterstream.producer import Message, RoundProducer
+from meterstream.producer import Message, RoundProducer, insist
 from meterstream.schemas import topics
 from meterstream.schemas.topics import key_of
 from meterstream.schemas.wire import encode
@@ -258,7 +258,7 @@ class PostgresSink:
                                   "detail": row.detail[:200]})
         if not letters:
             return
-        await self.dead_letters.send_round(letters)
+        await self.dead_letters.deliver(letters, insist)
         sent.update(indices)
         for (topic, reason), n in counts.items():
             metrics.DEAD_LETTERS.labels(topic, reason).inc(n)

@@ -30,7 +30,7 @@ import asyncpg
 
 from meterstream import logs, pg
 from meterstream.kafka import read_records_to_end
-from meterstream.producer import Message, RoundProducer
+from meterstream.producer import Message, Refused, RoundProducer, insist
 from meterstream.schemas import topics
 from meterstream.schemas.enums import VaultStatus
 from meterstream.schemas.notifications import CONFIG_CHANNEL, VAULT_CHANNEL, config_change, vault_change
@@ -99,6 +99,14 @@ class Vault:
         if self.map_path.exists():
             self.map_content = self.map_path.read_bytes()
 
+    def _unpublishable(self, refused: Refused) -> Message:
+        """The dead letter of a vault.updates message Kafka refused for good (too large)."""
+        m = refused.message
+        line = RejectedLine.of(m.value or b"", source=m.topic, position=None, reason="unpublishable",
+                               detail=f"Kafka refused it: {refused.error}",
+                               keep=self.settings.produce.dead_letter_raw_bytes)
+        return Message(self.settings.topic(topics.HAPROXY_LOGS_REJECTED), key_of(line), encode(line))
+
     async def _dead_letter(self, name: str, foreign: list[Foreign]) -> None:
         rejected_topic = self.settings.topic(topics.HAPROXY_LOGS_REJECTED)
         letters = []
@@ -110,7 +118,7 @@ class Vault:
             letters.append(Message(rejected_topic, key_of(line), encode(line)))
             log.error("vault.updates message dead-lettered: its key names no customer", topic=name,
                       partition=f.partition, offset=f.offset, reason=f.reason)
-        await self.producer.send_round(letters)  # acknowledged before the tombstones
+        await self.producer.deliver(letters, insist)  # acknowledged before the tombstones
         await self.producer.send_round([Message(name, f.key, None) for f in foreign if f.key is not None])
         metrics.VAULT_DEAD_LETTERS.inc(len(foreign))
 
@@ -187,7 +195,7 @@ class Vault:
                    if self.published.get(e.customer_id) != current[e.customer_id]]
         gone = [Message(name, str(c).encode(), None) for c in self.published if c not in current]
         if changed or gone:
-            await self.producer.send_round(changed + gone)
+            await self.producer.deliver(changed + gone, self._unpublishable)
             metrics.VAULT_UPDATES_PUBLISHED.inc(len(changed) + len(gone))
             self.published = current
         return state

@@ -69,10 +69,12 @@ async def set_max_message_bytes(settings: Settings, topic: str, value: int) -> N
 
 
 async def test_queue_bounded_in_bytes_tcp_waits_udp_drops(ms_topics: Settings, tmp_path: Path) -> None:
-    """Kafka refuses every batch (max.message.bytes 64) so nothing leaves the queue: lines of
+    """Kafka refuses every batch and every dead letter (max.message.bytes 64 on both topics:
+    the receiver retries rather than lose a line) so nothing leaves the queue: lines of
     20 KiB fill its 256 KiB long before its 50,000 lines, the TCP sender is no longer read,
     UDP datagrams are dropped and counted; once Kafka takes them, every TCP line arrives."""
-    await set_max_message_bytes(ms_topics, "haproxy.logs", 64)
+    for topic in ("haproxy.logs", "haproxy.logs.rejected"):
+        await set_max_message_bytes(ms_topics, topic, 64)
     proc, udp, tcp = receiver(ms_topics, tmp_path, {
         "MS_TAIL__MAX_LINE_BYTES": "65536", "MS_TAIL__ROUND_BYTES": "65536",
         "MS_SYSLOG__QUEUE_BYTES": str(256 * 1024), "MS_PRODUCE__RETRY_BACKOFF_MAX_S": "0.5"})
@@ -104,7 +106,8 @@ async def test_queue_bounded_in_bytes_tcp_waits_udp_drops(ms_topics: Settings, t
                 s.sendto(json_line(i, "udp").encode(), ("127.0.0.1", udp))
         await async_wait_for(lambda: metric(proc, "syslog_dropped_total", 'reason="queue_full"') == 50, 10, "drops")
 
-        await set_max_message_bytes(ms_topics, "haproxy.logs", 1_048_588)
+        for topic in ("haproxy.logs", "haproxy.logs.rejected"):
+            await set_max_message_bytes(ms_topics, topic, 1_048_588)
         records = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"),
                                 until=lambda out: len({v["request_id"] for _, v in out}) >= lines, quiet_s=1)
         sender.join(30)
