@@ -1,9 +1,12 @@
-"""The state the worker keeps in its faust tables, one value per aggregate, its serialized
-form (``dumps``) and how a table is read back as objects (``StateTable``).
+"""The state the worker keeps in its faust tables, its serialized form (``dumps``) and how a
+table is read back as objects (``StateTable``).
 
-Every value carries the high-water marks of the records it has applied (meter.highwater)
-and the meter.resolved partition it belongs to; the whole value is written to the table's
-changelog at once, so its totals and its marks cannot disagree after a crash.
+A value holds the aggregates of one customer that are updated together: its usage windows of
+one minute (``UsageMinute``), its rate and spend trackers (``CustomerLimits``); and, for
+customer 0, one unknown fingerprint's hits (``InvalidKeyState``). Every value carries the
+high-water marks of the records it has applied (meter.highwater) and the partition it belongs
+to; the whole value is written to the table's changelog at once, so its totals and its marks
+cannot disagree after a crash. Every value is bounded in size whatever the input.
 
 Values are compact JSON (orjson) lists; keys are bytes (see ``*_key``).
 """
@@ -22,18 +25,14 @@ from meterstream.meter.resolve import InvalidKeyTracker
 from meterstream.meter.spend import SpendTracker
 from meterstream.meter.usage import Totals
 from meterstream.schemas.enums import LimitKind
-from meterstream.schemas.usage import COUNTS
+from meterstream.schemas.wire import dumps_exact
 
 
-def window_key(customer: int, service: int, network: int, minute: int) -> bytes:
-    return b"%d:%d:%d:%d" % (customer, service, network, minute)
+def usage_key(customer: int, hour: int) -> bytes:
+    return b"%d:%d" % (customer, hour)
 
 
-def rate_key(customer: int, service: int, region: int) -> bytes:
-    return b"%d:%d:%d" % (customer, service, region)
-
-
-def spend_key(customer: int) -> bytes:
+def limits_key(customer: int) -> bytes:
     return b"%d" % customer
 
 
@@ -41,123 +40,150 @@ def clock_key(partition: int) -> bytes:
     return b"p%d" % partition
 
 
-@dataclass(slots=True)
-class WindowState:
-    """One usage window (customer, service, network, minute)."""
+def invalid_key(api_key_fp: int) -> bytes:
+    return b"%d" % api_key_fp
 
-    partition: int
+
+def window_id(service: int, network: int) -> int:
+    """A window within its minute, as one small int: service (1-3) and network (0-3)."""
+    return service * 4 + network
+
+
+def window_parts(wid: int) -> tuple[int, int]:
+    """(service, network) of a window id."""
+    return wid // 4, wid % 4
+
+
+def rate_id(service: int, region: int) -> int:
+    """A rate tracker within its customer: service (1-3) and region (0-2047)."""
+    return service << 11 | region
+
+
+@dataclass(slots=True)
+class Window:
+    """One usage window (customer, service, network, minute): its totals and revisions."""
+
     totals: Totals = field(default_factory=Totals)
     revision: int = 0
     emitted_revision: int = 0  # the revision last published on meter.usage
     final_revision: int = 0  # the revision last published with final=true
-    seen: HighWater = field(default_factory=HighWater)
-
-    def dump(self) -> list[Any]:
-        return [self.partition, [getattr(self.totals, n) for n in COUNTS], self.revision,
-                self.emitted_revision, self.final_revision, self.seen.marks]
-
-    @classmethod
-    def load(cls, data: list[Any]) -> WindowState:
-        p, counts, revision, emitted, final, marks = data
-        return cls(p, Totals(*counts), revision, emitted, final, HighWater(marks))
 
 
 @dataclass(slots=True)
-class RateState:
-    """The rate tracker of one (customer, service, region)."""
+class UsageMinute:
+    """The usage windows of one customer in one minute of event time, one per (service,
+    network): one table value, so they and their high-water marks are written together, and
+    100,000 customers' windows of 3 services are 100,000 values (a value per window is three
+    times the memory; a value per hour would rewrite a whole hour at every batch). At most 3
+    services x 4 networks: bounded whatever the input."""
 
     partition: int
-    tracker: RateTracker
+    windows: dict[int, Window] = field(default_factory=dict)  # window_id -> window
     seen: HighWater = field(default_factory=HighWater)
 
     def dump(self) -> list[Any]:
-        t = self.tracker
-        return [self.partition, t.allowed, list(t.counts.items()), t.next_second, t.over_run, t.under_run,
-                t.breached, self.seen.marks]
+        return [self.partition, [[wid, w.totals.as_list(), w.revision, w.emitted_revision, w.final_revision]
+                                 for wid, w in self.windows.items()], self.seen.dump()]
 
     @classmethod
-    def load(cls, data: list[Any]) -> RateState:
-        p, allowed, counts, next_second, over, under, breached, marks = data
-        tracker = RateTracker(allowed, dict((int(s), n) for s, n in counts), next_second, over, under, breached)
-        return cls(p, tracker, HighWater(marks))
+    def load(cls, data: list[Any]) -> UsageMinute:
+        p, windows, seen = data
+        return cls(int(p), {int(wid): Window(Totals(*(int(n) for n in counts)), int(revision), int(emitted),
+                                              int(final))
+                            for wid, counts, revision, emitted, final in windows}, HighWater.load(seen))
 
 
 @dataclass(slots=True)
-class SpendState:
-    """The spend tracker of one customer."""
+class CustomerLimits:
+    """A customer's rate trackers (per service and region) and spend tracker: one table value."""
 
     partition: int
-    tracker: SpendTracker = field(default_factory=SpendTracker)
+    rates: dict[int, RateTracker] = field(default_factory=dict)  # rate_id -> tracker
+    spend: SpendTracker = field(default_factory=SpendTracker)
     seen: HighWater = field(default_factory=HighWater)
 
     def dump(self) -> list[Any]:
-        t = self.tracker
-        return [self.partition, list(t.billable_by_day.items()), [k.value for k, up in t.above.items() if up],
-                [[k.value, label, n] for (k, label), n in t.crossings.items()], self.seen.marks]
+        t = self.spend
+        return [self.partition,
+                [[rid, r.allowed, list(r.counts.items()), r.next_second, r.over_run, r.under_run, r.breached]
+                 for rid, r in self.rates.items()],
+                [list(t.billable_by_day.items()), [k.value for k, up in t.above.items() if up],
+                 [[k.value, label, n] for (k, label), n in t.crossings.items()]],
+                self.seen.dump()]
 
     @classmethod
-    def load(cls, data: list[Any]) -> SpendState:
-        p, days, above, crossings, marks = data
-        tracker = SpendTracker(dict((int(d), n) for d, n in days), {LimitKind(k): True for k in above},
-                               {(LimitKind(k), label): n for k, label, n in crossings})
-        return cls(p, tracker, HighWater(marks))
+    def load(cls, data: list[Any]) -> CustomerLimits:
+        p, rates, (days, above, crossings), seen = data
+        trackers = {int(rid): RateTracker(int(allowed), {int(s): int(n) for s, n in counts},
+                                          None if nxt is None else int(nxt), int(over), int(under), bool(breached))
+                    for rid, allowed, counts, nxt, over, under, breached in rates}
+        spend = SpendTracker({int(d): int(n) for d, n in days}, {LimitKind(k): True for k in above},
+                             {(LimitKind(k), str(label)): int(n) for k, label, n in crossings})
+        return cls(int(p), trackers, spend, HighWater.load(seen))
 
 
 @dataclass(slots=True)
 class InvalidKeyState:
+    """Hits of one fingerprint that resolves to no customer, in the current hour."""
+
+    partition: int
     tracker: InvalidKeyTracker = field(default_factory=InvalidKeyTracker)
     seen: HighWater = field(default_factory=HighWater)
 
     def dump(self) -> list[Any]:
         t = self.tracker
-        return [t.hour, t.hits, t.reported, self.seen.marks]
+        return [self.partition, t.hour, t.hits, t.reported, self.seen.dump()]
 
     @classmethod
     def load(cls, data: list[Any]) -> InvalidKeyState:
-        hour, hits, reported, marks = data
-        return cls(InvalidKeyTracker(hour, hits, reported), HighWater(marks))
+        p, hour, hits, reported, seen = data
+        return cls(int(p), InvalidKeyTracker(int(hour), int(hits), bool(reported)), HighWater.load(seen))
 
 
 @dataclass(slots=True)
 class PartitionClock:
-    """Event time of one meter.resolved partition: the highest event time seen from each
-    upstream (haproxy.logs) partition, and the watermark derived from them (meter_stage)."""
+    """Event time of one partition: the highest event time reached by each route (the
+    haproxy.logs partitions whose records reach it), and the watermark derived from them
+    (meter_stage)."""
 
     watermark: int | None = None
     upstream: dict[int, int] = field(default_factory=dict)
+    idle: list[int] = field(default_factory=list)  # routes whose source had nothing more to read
 
     def dump(self) -> list[Any]:
-        return [self.watermark, list(self.upstream.items())]
+        return [self.watermark, list(self.upstream.items()), self.idle]
 
     @classmethod
     def load(cls, data: list[Any]) -> PartitionClock:
-        watermark, upstream = data
-        return cls(watermark, {int(p): ts for p, ts in upstream})
+        watermark, upstream, idle = data
+        return cls(None if watermark is None else int(watermark), {int(p): int(ts) for p, ts in upstream},
+                   [int(p) for p in idle])
 
 
-STATE_TYPES: dict[str, type] = {"window": WindowState, "rate": RateState, "spend": SpendState,
-                                "invalid": InvalidKeyState, "partition_clock": PartitionClock, "clock": int}
+# a value of one of the worker's tables (the positions table holds ints)
+StateValue = UsageMinute | CustomerLimits | InvalidKeyState | PartitionClock | int
+
+STATE_TYPES: dict[str, type] = {"usage": UsageMinute, "limits": CustomerLimits, "invalid": InvalidKeyState,
+                                "partition_clock": PartitionClock, "clock": int}
 
 
-def _exact(data: bytes) -> bytes:
-    # orjson's result keeps its whole write buffer (~8 KiB); a value kept in a table must not
-    return memoryview(data).tobytes()
-
-
-def dumps(value: Any) -> bytes:
+def dumps(value: StateValue) -> bytes:
     if isinstance(value, int):
         return b"%d" % value
-    return _exact(orjson.dumps(value.dump()))
+    return dumps_exact(value.dump())
 
 
 class StateTable(MutableMapping[bytes, Any]):
     """A table's store seen as state objects.
 
-    The worker keeps values serialized in the store (the bytes it also writes to the
-    changelog: a tenth of the memory of the objects), and faust recovers a table with the
-    changelog topic's JSON serializer, so a recovered value is a parsed list. Either becomes
-    its state object on access, cached until ``clear_cache()`` (the worker calls it after each
-    batch, so one object stands for a key during a batch). Tests store objects directly.
+    The worker keeps values serialized in the store: the bytes it writes to the changelog,
+    which faust recovers as they are (the tables' serializer is ``raw``); a tenth of the
+    memory of the objects. A value becomes its state object on access, cached until
+    ``clear_cache()`` (the worker calls it after each batch, so one object stands for a key
+    during a batch). Tests store objects directly.
+
+    A stored value that does not load (a changelog is an input like any other) is taken as
+    absent and kept in ``bad`` (key, bytes) for the worker to report and dead-letter.
     """
 
     def __init__(self, data: MutableMapping[bytes, Any], kind: str) -> None:
@@ -165,14 +191,23 @@ class StateTable(MutableMapping[bytes, Any]):
         kind_type = STATE_TYPES[kind]
         self.load = int if kind_type is int else kind_type.load
         self.cache: dict[bytes, Any] = {}
+        self.bad: list[tuple[bytes, bytes]] = []
+
+    def _load(self, key: bytes, value: bytes) -> Any:
+        try:
+            return self.load(orjson.loads(value))
+        except (ValueError, TypeError, KeyError) as exc:  # JSONDecodeError is a ValueError
+            del self.data[key]
+            self.bad.append((key, value[:4096] + f" ({type(exc).__name__})".encode()))
+            return None
 
     def _typed(self, key: bytes, value: Any) -> Any:
-        if isinstance(value, bytes | list):
+        if isinstance(value, bytes):
             cached = self.cache.get(key)
             if cached is None:
-                if isinstance(value, list):
-                    self.data[key] = _exact(orjson.dumps(value))  # recovered: keep it compact from now on
-                cached = self.cache[key] = self.load(orjson.loads(value) if isinstance(value, bytes) else value)
+                cached = self._load(key, value)
+                if cached is not None:
+                    self.cache[key] = cached
             return cached
         return value
 
@@ -180,11 +215,17 @@ class StateTable(MutableMapping[bytes, Any]):
         self.cache.clear()
 
     def __getitem__(self, key: bytes) -> Any:
-        return self._typed(key, self.data[key])
+        value = self._typed(key, self.data[key])
+        if value is None:
+            raise KeyError(key)
+        return value
 
     def get(self, key: bytes, default: Any = None) -> Any:  # noqa: D102 - the fast path
         value = self.data.get(key)
-        return default if value is None else self._typed(key, value)
+        if value is None:
+            return default
+        typed = self._typed(key, value)
+        return default if typed is None else typed
 
     def __setitem__(self, key: bytes, value: Any) -> None:
         self.data[key] = value
@@ -201,4 +242,19 @@ class StateTable(MutableMapping[bytes, Any]):
 
     def items(self) -> Iterator[tuple[bytes, Any]]:  # type: ignore[override]
         for key in list(self.data):
-            yield key, self[key]
+            value = self.get(key)
+            if value is not None:
+                yield key, value
+
+    def scan(self) -> Iterator[tuple[bytes, Any]]:
+        """Every (key, state object), loaded without caching: a pass over the whole table
+        (rebuilding indexes after a restart) holds one object at a time."""
+        for key in list(self.data):
+            value = self.data.get(key)
+            if value is None:
+                continue
+            found = self.cache.get(key) if isinstance(value, bytes) else value
+            if found is None:
+                found = self._load(key, value)
+            if found is not None:
+                yield key, found

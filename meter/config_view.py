@@ -16,7 +16,7 @@ bytes, on the hot path; a consumer of our own gives both, and is a few lines.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -42,23 +42,50 @@ def slot(customer: int, service: int) -> int:
     return customer << 2 | service
 
 
+# what the worker holds per customer: its spend policy (None: the default) and the rate
+# allowance of each service (index 1-3; None: not configured, no rate limit), then the
+# partition of its records. Customers with the same configuration share one tuple.
+CustomerConfig = tuple[SpendPolicy | None, int | None, int | None, int | None, int]
+_EMPTY: CustomerConfig = (None, None, None, None, -1)
+
+
 class ConfigView:
     """The parts of the configuration the worker uses, compactly (a worker of 100,000
-    customers holds 700,000 of them): per fingerprint (customer, service type) of its active
-    key; per (customer, service) the rate allowance; per customer the spend policy."""
+    customers holds 700,000 of them in about 40 MiB): per fingerprint the (customer, service
+    type) of its active key, as one int (``slot``); per customer a ``CustomerConfig`` tuple,
+    one object shared by the customers whose configuration is the same."""
 
-    def __init__(self) -> None:
-        self.keys: dict[int, tuple[int, int]] = {}
-        self.allowances: dict[int, int] = {}  # slot(customer, service) -> requests per second
-        self.policies: dict[int, SpendPolicy] = {}
+    def __init__(self, partition_of: Callable[[int], int] | None = None) -> None:
+        self.keys: dict[int, int] = {}  # fingerprint -> slot(customer, service) of its active key
+        self.customers: dict[int, CustomerConfig] = {}
+        self._shared: dict[CustomerConfig, CustomerConfig] = {}
+        self._partition_of = partition_of or (lambda customer: 0)
         self.watchers: list[set[int]] = []  # one set per meter partition (subscribe)
 
     def allowance(self, customer: int, service: int) -> int | None:
-        return self.allowances.get(slot(customer, service))
+        found = self.customers.get(customer)
+        return None if found is None else found[service]
 
     def policy(self, customer: int) -> SpendPolicy:
-        found = self.policies.get(customer)
-        return found if found is not None else DEFAULT_POLICY
+        found = self.customers.get(customer)
+        return DEFAULT_POLICY if found is None or found[0] is None else found[0]
+
+    def partition(self, customer: int) -> int | None:
+        """The partition of a configured customer's records (None: not configured)."""
+        found = self.customers.get(customer)
+        return None if found is None else found[4]
+
+    def _set(self, customer: int, index: int, value: SpendPolicy | int | None) -> None:
+        config = list(self.customers.get(customer, _EMPTY))
+        config[index] = value
+        config[4] = self._partition_of(customer)
+        if config[:4] == [None, None, None, None]:
+            self.customers.pop(customer, None)
+            return
+        if len(self._shared) > 100_000:  # most customers share a few configurations; bounded
+            self._shared.clear()
+        shared = tuple(config)
+        self.customers[customer] = self._shared.setdefault(shared, shared)  # type: ignore[arg-type]
 
     # -- applying topic records -------------------------------------------------------------
     def apply(self, logical_topic: str, key: bytes | None, value: bytes | None) -> None:
@@ -71,25 +98,26 @@ class ConfigView:
                 if state is None or state.status is not ApiKeyStatus.ACTIVE:
                     self.keys.pop(fp, None)
                 else:
-                    self.keys[fp] = (state.customer_id, int(state.service_type))
+                    self.keys[fp] = slot(state.customer_id, int(state.service_type))
             elif logical_topic == topics.METER_INSTANCES:
                 customer, service = (int(part) for part in key.split(b":"))
+                if service not in (1, 2, 3):
+                    raise ValueError(f"no service type {service}")
                 if value is None:
-                    self.allowances.pop(slot(customer, service), None)
+                    self._set(customer, service, None)
                 else:
                     inst = decode(InstanceState, value)
-                    self.allowances[slot(customer, service)] = allowance(inst.tier, inst.guaranteed_rps,
-                                                                         inst.burst_rps)
+                    self._set(customer, service, allowance(inst.tier, inst.guaranteed_rps, inst.burst_rps))
                 self._changed(customer)
             elif logical_topic == topics.METER_CUSTOMERS:
                 customer = int(key)
                 if value is None:
-                    self.policies.pop(customer, None)
+                    self._set(customer, 0, None)
                 else:
                     c = decode(CustomerState, value)
-                    self.policies[customer] = SpendPolicy(
+                    self._set(customer, 0, SpendPolicy(
                         cap_micros=c.spend_cap_micros, window=c.spend_window, balance_micros=c.balance_micros,
-                        committed_micros=c.committed_charges_micros)
+                        committed_micros=c.committed_charges_micros))
                 self._changed(customer)
         except (WireError, ValueError) as exc:
             # a bad config record must not stop metering; the previous state stays
@@ -138,8 +166,7 @@ class ConfigFollower:
                 while [tp for tp, end in ends.items() if await self.consumer.position(tp) < end]:
                     await self._poll(500)
                 self.loaded.set()
-                log.info("config loaded", keys=len(self.view.keys), instances=len(self.view.allowances),
-                         customers=len(self.view.policies))
+                log.info("config loaded", keys=len(self.view.keys), customers=len(self.view.customers))
                 return
             except KafkaError as exc:
                 log.warning("config load failed, retrying", error=str(exc))

@@ -15,7 +15,8 @@ SYNC_RECONCILE_SECONDS = Histogram("meterstream_sync_reconcile_seconds", "Durati
 
 # -- worker ---------------------------------------------------------------------------------
 RECORDS = Counter("meterstream_worker_records_total",
-                  "Records taken by a worker stage, by outcome (applied, repeat, rejected)", ["stage", "outcome"])
+                  "Records taken by a worker stage, by outcome (applied, repeat, rejected, forwarded, replayed)",
+                  ["stage", "outcome"])
 UNAUTHENTICATED = Counter("meterstream_worker_unauthenticated_total",
                           "Records counted under customer 0, by reason", ["reason"])
 LIMIT_EVENTS = Counter("meterstream_worker_limit_events_total", "Limit events published, by kind", ["kind"])
@@ -23,8 +24,16 @@ EVENTS_SUPPRESSED = Counter("meterstream_worker_limit_events_suppressed_total",
                             "Limit events not published again because meter.breaches already holds their id")
 USAGE_PUBLISHED = Counter("meterstream_worker_usage_windows_published_total", "UsageWindow messages published")
 GAPS = Counter("meterstream_worker_gaps_total",
-               "Times the consumer skipped records and was sought back to the stored position", ["stage"])
+               "Gaps in the offsets the consumer delivered: sought back to the stored position, or accepted "
+               "(no records exist in them)", ["stage", "action"])
 REJECTED = Counter("meterstream_worker_rejected_total", "Records sent to the dead letters, by reason", ["reason"])
+UNPUBLISHABLE = Counter("meterstream_worker_unpublishable_total",
+                        "Messages Kafka refused for good (too large, invalid), dead-lettered, by topic", ["topic"])
+INVALID_KEYS_UNTRACKED = Counter("meterstream_worker_invalid_keys_untracked_total",
+                                 "Hits of unknown fingerprints not tracked for invalid_key events (past "
+                                 "worker.invalid_keys_max per partition); their usage is still counted")
+BAD_STATE = Counter("meterstream_worker_bad_state_total",
+                    "Table values (changelog) that did not load and were taken as absent", ["table"])
 LAG = Gauge("meterstream_worker_consumer_lag", "Records between a partition's end and the worker's position",
             ["topic", "partition"])
 TABLE_KEYS = Gauge("meterstream_worker_table_keys", "Keys held in a worker table", ["table"])
@@ -39,7 +48,8 @@ LATENCY = Histogram("meterstream_worker_latency_seconds",
                     "From a request's time (HAProxy) to its usage being applied by the meter",
                     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300))
 
-for _stage in ("resolve", "meter"):
-    GAPS.labels(_stage)
-    for _outcome in ("applied", "repeat", "rejected", "replayed"):
+for _stage in ("meter", "forwarded"):
+    for _action in ("sought", "accepted"):
+        GAPS.labels(_stage, _action)
+    for _outcome in ("applied", "repeat", "rejected", "forwarded", "replayed"):
         RECORDS.labels(_stage, _outcome)

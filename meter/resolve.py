@@ -6,25 +6,30 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meterstream.meter.clock import HOUR_MS, floor_to
-from meterstream.schemas.enums import LimitKind, UnauthReason
+from meterstream.schemas.enums import EVENT_TYPE_CODES, EventClass, LimitKind, UnauthReason
 from meterstream.schemas.limits import LimitEvent, event_id
 
 UNAUTHENTICATED = 0
+_AUTH_REFUSED = EVENT_TYPE_CODES[EventClass.AUTH_FAILURE]
 
 
-def resolve(keys: dict[int, tuple[int, int]], api_key_fp: int | None,
-            service_type: int | None) -> tuple[int, UnauthReason | None]:
+def resolve(keys: dict[int, int], api_key_fp: int | None, service_type: int | None,
+            event_type: int = 0) -> tuple[int, UnauthReason | None]:
     """(customer_id, None) for an active key of the record's service, else (0, the reason).
-    ``keys`` maps the fingerprints of active keys to (customer, service type); a revoked key
-    is a tombstone on meter.apikeys, so it is not there: an unknown key."""
+    ``keys`` maps the fingerprints of active keys to ``slot(customer, service)``
+    (meter.config_view); a revoked key is a tombstone on meter.apikeys, so it is not there:
+    an unknown key. HAProxy's verdict stands (SPEC §6): a request it refused for its
+    authentication is unauthenticated whatever its fingerprint, since fingerprints collide."""
     if api_key_fp is None:
         return UNAUTHENTICATED, UnauthReason.NO_KEY
+    if event_type in _AUTH_REFUSED:
+        return UNAUTHENTICATED, UnauthReason.REFUSED
     found = keys.get(api_key_fp)
     if found is None:
         return UNAUTHENTICATED, UnauthReason.UNKNOWN_KEY
-    if service_type is not None and found[1] != service_type:
+    if service_type is not None and found & 3 != service_type:
         return UNAUTHENTICATED, UnauthReason.WRONG_SERVICE
-    return found[0], None
+    return found >> 2, None
 
 
 @dataclass(slots=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from meterstream.meter.clock import day_number, month_label, month_of
+from meterstream.meter.clock import day_number, month_label, month_of, month_start_ms
 from meterstream.schemas.enums import LimitKind, SpendWindow
 from meterstream.schemas.limits import LimitEvent, event_id
 from meterstream.schemas.money import PRICE_PER_BILLABLE_REQUEST_MICROS
@@ -67,44 +67,76 @@ class SpendTracker:
     billable_by_day: dict[int, int] = field(default_factory=dict)
     above: dict[LimitKind, bool] = field(default_factory=dict)  # threshold currently crossed
     crossings: dict[tuple[LimitKind, str], int] = field(default_factory=dict)
+    # the charges of the window last evaluated, kept up to date by add(): evaluating after each
+    # billable request is then constant time (not stored: rebuilt on the first evaluation)
+    _window: tuple[SpendPolicy, int, int] | None = None  # policy, today, first day of the window
+    _charges: int = 0
+    _label: str = ""
+    _quiet_below: int = 0  # charges under this cross nothing (while no threshold is above)
+    _any_above: bool = True
 
     def add(self, ts_ms: int, billable: int = 1) -> None:
         day = day_number(ts_ms)
         self.billable_by_day[day] = self.billable_by_day.get(day, 0) + billable
+        window = self._window
+        if window is not None and window[2] <= day <= window[1]:
+            self._charges += billable * PRICE_PER_BILLABLE_REQUEST_MICROS
 
     def charges(self, policy: SpendPolicy, now_ms: int) -> int:
         today = day_number(now_ms)
-        if policy.window is SpendWindow.ROLLING_30D:
-            days = (d for d in self.billable_by_day if today - ROLLING_DAYS < d <= today)
-        else:
-            month = month_of(now_ms)
-            days = (d for d in self.billable_by_day if d <= today and month_of(d * 86_400_000) == month)
-        requests = sum(self.billable_by_day[d] for d in days)
+        first = self._first_day(policy, now_ms, today)
+        requests = sum(n for d, n in self.billable_by_day.items() if first <= d <= today)
         return requests * PRICE_PER_BILLABLE_REQUEST_MICROS + policy.committed_micros
 
-    def evaluate(self, policy: SpendPolicy, now_ms: int) -> list[SpendCrossing]:
-        """Crossings at event time ``now_ms`` (the watermark), in threshold order."""
-        self._forget_before(day_number(now_ms) - 31)
-        charges = self.charges(policy, now_ms)
-        label = "rolling_30d" if policy.window is SpendWindow.ROLLING_30D else month_label(now_ms)
-        limits = {
-            LimitKind.SPEND_WARNING: policy.cap_micros * WARNING_PERCENT // 100,
-            LimitKind.SPEND_CAP_REACHED: policy.cap_micros,
-            LimitKind.BALANCE_EXHAUSTED: policy.balance_micros,
-        }
+    @staticmethod
+    def _first_day(policy: SpendPolicy, now_ms: int, today: int) -> int:
+        if policy.window is SpendWindow.ROLLING_30D:
+            return today - ROLLING_DAYS + 1
+        year, month = month_of(now_ms)
+        return day_number(month_start_ms(year, month))
+
+    def evaluate(self, policy: SpendPolicy, now_ms: int, at_ms: int | None = None) -> list[SpendCrossing]:
+        """Crossings at event time ``now_ms`` (the watermark: which days are in the window),
+        in threshold order; ``at_ms`` is the event time of the request that crossed, when one
+        did (a crossing's time then does not depend on how far other partitions are)."""
+        at = now_ms if at_ms is None else at_ms
+        today = now_ms // 86_400_000  # day_number, inlined: this runs after every billable request
+        window = self._window
+        if window is not None and window[1] == today and (window[0] is policy or window[0] == policy) \
+                and self._charges < self._quiet_below and not self._any_above:
+            return []  # nothing crossed, and nothing can be crossed below the lowest threshold
+        if window is None or window[0] != policy or window[1] != today:
+            self._forget_before(today - 31)
+            first = self._first_day(policy, now_ms, today)
+            self._window = (policy, today, first)
+            self._charges = self.charges(policy, now_ms)
+            label = "rolling_30d" if policy.window is SpendWindow.ROLLING_30D else month_label(now_ms)
+            if label != self._label:
+                self._label = label
+                # crossings are numbered per window: those of other windows are done with
+                self.crossings = {k: n for k, n in self.crossings.items() if k[1] == label}
+        charges, label = self._charges, self._label
         out = []
         for up, down in _THRESHOLDS:
-            limit = limits[up]
+            if up is LimitKind.SPEND_WARNING:
+                limit = policy.cap_micros * WARNING_PERCENT // 100
+            elif up is LimitKind.SPEND_CAP_REACHED:
+                limit = policy.cap_micros
+            else:
+                limit = policy.balance_micros
             reached = charges >= limit and (up is not LimitKind.BALANCE_EXHAUSTED or charges > 0)
             if reached and not self.above.get(up, False):
                 self.above[up] = True
                 n = self.crossings[(up, label)] = self.crossings.get((up, label), 0) + 1
-                out.append(SpendCrossing(up, charges, limit, label, n, now_ms))
+                out.append(SpendCrossing(up, charges, limit, label, n, at))
             elif not reached and self.above.get(up, False):
                 self.above[up] = False
                 if down is not None:
                     n = self.crossings[(down, label)] = self.crossings.get((down, label), 0) + 1
-                    out.append(SpendCrossing(down, charges, limit, label, n, now_ms))
+                    out.append(SpendCrossing(down, charges, limit, label, n, at))
+        self._any_above = any(self.above.values())
+        warning = policy.cap_micros * WARNING_PERCENT // 100
+        self._quiet_below = min(warning, policy.cap_micros, max(policy.balance_micros, 1))
         return out
 
     def _forget_before(self, day: int) -> None:

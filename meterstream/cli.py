@@ -161,12 +161,13 @@ def sync_config(obj: Context, reconcile_interval: float | None, http_port: int |
 
 @main.command()
 @click.option("--http-port", type=int, default=None, help="Port of /metrics and /healthz (0: any).")
-@click.option("--batch-records", type=int, default=None, help="Records taken per batch.")
+@click.option("--batch-records", type=int, default=None, help="Records fetched at most at once (the largest batch).")
 @pass_ctx
 def worker(obj: Context, http_port: int | None, batch_records: int | None) -> None:
-    """Meter haproxy.logs (faust-streaming): resolve API-key fingerprints to customers
-    (meter.resolved), count per-minute usage (meter.usage), and judge rate and spend limits
-    (meter.breaches), exactly once whatever crashes (docs/metering.md)."""
+    """Meter haproxy.logs (faust-streaming) in one pass: resolve API-key fingerprints to
+    customers, count per-minute usage (meter.usage), judge rate and spend limits
+    (meter.breaches), forward records of other partitions' customers (meter.resolved),
+    exactly once whatever crashes (docs/metering.md)."""
     from meterstream.meter import worker as worker_mod
 
     settings = _with(obj.settings, http={"port": http_port} if http_port is not None else {},

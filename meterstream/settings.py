@@ -167,21 +167,26 @@ class SinkSettings(Section):
 
 
 class WorkerSettings(Section):
-    """`meterstream worker` (faust): resolve, then meter (docs/metering.md)."""
+    """`meterstream worker` (faust): one pass over haproxy.logs (docs/metering.md)."""
 
     app_id: str = Field(default="meterstream-worker",
                         description="faust app id: consumer group and changelog topic names (after the topic prefix)")
-    batch_records: int = Field(default=5_000, ge=1, description="records taken per batch")
-    resolve_within_s: float = Field(default=0.2, gt=0, description="longest wait to fill a resolve batch")
-    meter_within_s: float = Field(default=1.0, gt=0,
-                                  description="longest wait to fill a meter batch; an idle stream publishes its "
-                                              "changed windows this often")
+    batch_records: int = Field(default=5_000, ge=1, description="records fetched at most at once (faust's "
+                                                                 "broker_max_poll_records): the largest batch")
+    fetch_bytes: int = Field(default=1024 * 1024, ge=64 * 1024,
+                             description="bytes fetched at most per partition at once")
+    max_message_bytes: int = Field(default=256 * 1024, ge=64 * 1024, le=1_000_000,
+                                   description="bound of every message the worker writes (a packed batch of "
+                                               "forwarded records is split to fit it)")
     retention_h: float = Field(default=48.0, gt=0, description="late events count in windows this recent")
     future_s: float = Field(default=300.0, gt=0, description="events further ahead are refused")
     rate_clear_after_s: int = Field(default=60, ge=1, description="seconds under the allowance that clear a rate "
                                                                   "breach (SPEC §6: 60)")
     invalid_key_hits: int = Field(default=10, ge=1,
                                   description="hits in an hour after which an unknown fingerprint is reported")
+    invalid_keys_max: int = Field(default=50_000, ge=1,
+                                  description="unknown fingerprints tracked per partition and hour; past it new ones "
+                                              "are only counted (their usage still is)")
     recent_events_s: float = Field(default=3600.0, ge=0,
                                    description="meter.breaches read back at start, to not publish an event twice")
     commit_interval_s: float = Field(default=1.0, gt=0)

@@ -20,7 +20,8 @@ from meterstream.schemas.enums import (
     VaultStatus,
 )
 from meterstream.schemas.limits import LimitEvent
-from meterstream.schemas.records import LogRecord, RejectedLine, ResolvedRecord, SourcePosition
+from meterstream.schemas.records import LogRecord, RejectedLine, SourcePosition, is_billable
+from meterstream.schemas.resolved import ResolvedBatch
 from meterstream.schemas.usage import UsageWindow
 from meterstream.schemas.vault import SealKeyEntry, ServiceEntry, VaultEntry
 from meterstream.schemas.wire import WireError, WireModel, decode, encode
@@ -38,11 +39,12 @@ __all__ = [
     "LogRecord",
     "Network",
     "RejectedLine",
-    "ResolvedRecord",
+    "ResolvedBatch",
     "SealKeyEntry",
     "ServiceEntry",
     "ServiceType",
     "SourcePosition",
+    "is_billable",
     "SpendWindow",
     "Tier",
     "TrafficType",

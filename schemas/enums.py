@@ -118,6 +118,7 @@ class UnauthReason(StrEnum):
     UNKNOWN_KEY = "unknown_key"
     REVOKED_KEY = "revoked_key"
     WRONG_SERVICE = "wrong_service"
+    REFUSED = "refused"  # HAProxy refused the request for its authentication (event_type 10-16)
 
 
 class LimitKind(StrEnum):

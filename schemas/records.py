@@ -1,13 +1,13 @@
-"""Log records on ``haproxy.logs``, dead letters on ``haproxy.logs.rejected``, and resolved
-records on ``meter.resolved`` (SPEC §4, §5)."""
+"""Log records on ``haproxy.logs`` and dead letters on ``haproxy.logs.rejected`` (SPEC §4, §5),
+and the billing rule (SPEC §2), defined here once."""
 
 from __future__ import annotations
 
 import base64
 import time
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from meterstream.schemas.enums import (
     VALID_EVENT_TYPES,
@@ -15,12 +15,11 @@ from meterstream.schemas.enums import (
     Network,
     ServiceType,
     TrafficType,
-    UnauthReason,
 )
 from meterstream.schemas.types import (
     INT32_MAX,
     JSON_SAFE_MAX,
-    CustomerRef,
+    CustomerId,
     EpochMs,
     Fingerprint,
     Offset,
@@ -30,6 +29,14 @@ from meterstream.schemas.types import (
 from meterstream.schemas.wire import WireModel
 
 PATH_PREFIX_LEN = 10
+# SPEC §2: the traffic types a request is charged for, with a status of 200-399
+CHARGEABLE_TRAFFIC = frozenset((TrafficType.GUARANTEED, TrafficType.BURST))
+
+
+def is_billable(traffic_type: int, status: int) -> bool:
+    """SPEC §2, the one definition of a billable request: traffic type guaranteed or burst,
+    and HTTP status 200-399. Usage windows, spend caps and balances all count with it."""
+    return traffic_type in CHARGEABLE_TRAFFIC and 200 <= status <= 399
 
 
 def _event_type(code: int) -> int:
@@ -53,8 +60,13 @@ class SourcePosition(BaseModel):
 
 
 class LogRecord(WireModel):
-    """One HAProxy request. Field names are SPEC §4's, as the JSON log line carries them."""
+    """One HAProxy request. Field names are SPEC §4's, as the JSON log line carries them.
 
+    v2 added ``customer_id`` (HAProxy's hint); v1 values, which lack it, are still read."""
+
+    SCHEMA_VERSION: ClassVar[int] = 2
+    READS_ALSO: ClassVar[frozenset[int]] = frozenset({1})
+    v: int = 2
     ts: EpochMs = Field(description="request time, epoch milliseconds")
     request_id: Text = Field(min_length=1, max_length=128)
     client_ip: Text = Field(max_length=64)
@@ -77,12 +89,14 @@ class LogRecord(WireModel):
     backend_id: int | None = Field(default=None, ge=0, le=INT32_MAX)
     termination_state: Text = Field(default="", max_length=4)
     config_hex: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]*$", max_length=64)
+    customer_id: CustomerId | None = Field(
+        default=None, description="the customer HAProxy matched the key to (its vault map): a hint that keys "
+                                  "the record to its customer's partition; the worker resolves the key itself")
     src: SourcePosition
 
     @property
     def is_billable(self) -> bool:
-        """SPEC §2: traffic_type guaranteed or burst, and status 200-399."""
-        return self.traffic_type.is_chargeable and 200 <= self.status <= 399
+        return is_billable(self.traffic_type, self.status)
 
 
 class RejectedLine(WireModel):
@@ -129,25 +143,3 @@ def _clean(text: str, length: int) -> str:
     except UnicodeEncodeError:  # a surrogate that was not a byte
         data = cut.encode("utf-8", "backslashreplace")
     return data.decode("utf-8", "backslashreplace")[:length]
-
-
-class KafkaPosition(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    topic: Text = Field(min_length=1, max_length=249)
-    partition: int = Field(ge=0, le=INT32_MAX)
-    offset: Offset
-
-
-class ResolvedRecord(LogRecord):
-    """A LogRecord with its customer (0 when unauthenticated, with the reason)."""
-
-    customer_id: CustomerRef
-    unauth: UnauthReason | None = None
-    upstream: KafkaPosition
-
-    @model_validator(mode="after")
-    def _customer_or_reason(self) -> ResolvedRecord:
-        if (self.customer_id == 0) != (self.unauth is not None):
-            raise ValueError("customer_id is 0 exactly when unauth names the reason")
-        return self

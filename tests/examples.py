@@ -10,7 +10,6 @@ from meterstream.schemas import (
     LimitKind,
     LogRecord,
     RejectedLine,
-    ResolvedRecord,
     SealKeyEntry,
     ServiceEntry,
     ServiceType,
@@ -24,7 +23,8 @@ from meterstream.schemas import (
 )
 from meterstream.schemas.enums import FeType, Network
 from meterstream.schemas.limits import event_id
-from meterstream.schemas.records import KafkaPosition, SourcePosition
+from meterstream.schemas.records import SourcePosition
+from meterstream.schemas.resolved import Forwarded, ResolvedBatch
 
 HASH = "3f" * 32
 SRC = SourcePosition(stream="edge-1:2049:131077:9f86d081", offset=4096)
@@ -51,10 +51,9 @@ EXAMPLES = {
     "CustomerState": CustomerState(customer_id=184467441, spend_window=SpendWindow.CALENDAR_MONTH,
                                    spend_cap_micros=100_000_000, balance_micros=25_000_000,
                                    committed_charges_micros=1_250_000),
-    "ResolvedRecord": ResolvedRecord(
-        **LOG.model_dump(exclude={"v"}), customer_id=0, unauth=UnauthReason.REVOKED_KEY,
-        upstream=KafkaPosition(topic="haproxy.logs", partition=3, offset=99),
-    ),
+    "ResolvedBatch": ResolvedBatch(partition=3, progress=1_764_072_000_123, records=[
+        Forwarded(customer_id=0, unauth=UnauthReason.UNKNOWN_KEY, offset=99, record=LOG),
+        Forwarded(customer_id=184467441, offset=100, record=LOG.model_copy(update={"customer_id": 7}))]),
     "UsageWindow": UsageWindow(customer_id=184467441, service_type=ServiceType.SEAL,
                                network=Network.TESTNET, window_start=1_764_072_000_000,
                                revision=3, requests=10, billable=8, bytes_sent=12_000, denied=1,
@@ -71,3 +70,16 @@ EXAMPLES = {
         status=VaultStatus.THROTTLED,
     ),
 }
+
+
+def configure(view, *states) -> None:  # noqa: ANN001 - a worker's ConfigView, then config wire models
+    """Applies configuration states to a worker's view as the compacted topics carry them."""
+    from meterstream.schemas import topics as names
+    from meterstream.schemas.config import ApiKeyState, CustomerState, InstanceState
+    from meterstream.schemas.topics import key_of
+    from meterstream.schemas.wire import encode
+
+    topic = {ApiKeyState: names.METER_APIKEYS, InstanceState: names.METER_INSTANCES,
+             CustomerState: names.METER_CUSTOMERS}
+    for state in states:
+        view.apply(topic[type(state)], key_of(state), encode(state))

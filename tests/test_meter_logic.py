@@ -9,10 +9,13 @@ import pytest
 from meterstream.meter.clock import DAY_MS, HOUR_MS, MINUTE_MS
 from meterstream.meter.rate import CLEAR_AFTER, RateTracker, allowance
 from meterstream.meter.spend import SpendPolicy, SpendTracker
-from meterstream.meter.aggregates import window_key
-from meterstream.meter.config_view import ConfigView
+from meterstream.meter.aggregates import usage_key, window_id
+from meterstream.meter.config_view import ConfigView, slot
 from meterstream.meter.meter_stage import BatchResult, MeterPartition, Tables
 from meterstream.schemas.enums import LimitKind, Network, ServiceType, SpendWindow, Tier
+from meterstream.schemas.config import CustomerState, InstanceState
+from meterstream.schemas.records import LogRecord, SourcePosition
+from tests.examples import configure
 
 
 def ms(text: str) -> int:
@@ -26,20 +29,23 @@ SEAL, MAIN = ServiceType.SEAL, Network.MAINNET
 # -- usage windows (meter/meter_stage.py over plain dicts) -----------------------------------
 
 class Meter:
-    """One partition of the meter stage, fed one record at a time."""
+    """One partition of the meter stage, fed one record at a time: customer 7's seal key
+    (fingerprint 5)."""
 
     def __init__(self) -> None:
         self.tables = Tables({}, {}, {}, {})
-        self.stage = MeterPartition(0, self.tables, ConfigView())
+        view = ConfigView()
+        view.keys[5] = slot(7, SEAL)
+        self.stage = MeterPartition(0, self.tables, view)
         self.offset = 0
 
     def add(self, ts: int, traffic: int = 1, status: int = 200, size: int = 100, ta: int = 10,
             now: int | None = None, drained: bool = False) -> BatchResult:
         self.offset += 1
-        record = {"ts": ts, "customer_id": 7, "service_type": int(SEAL), "network": int(MAIN), "api_key_fp": 5,
-                  "traffic_type": traffic, "status": status, "bytes_sent": size, "Ta": ta, "server_id": 17,
-                  "src": {"stream": "f", "offset": self.offset}, "upstream": {"partition": 0}}
-        return self.apply(self.stage.process([record], T0 if now is None else now, drained))
+        record = LogRecord(ts=ts, request_id=f"r{self.offset}", client_ip="10.0.0.1", api_key_fp=5,
+                           service_type=SEAL, network=MAIN, traffic_type=traffic, status=status, bytes_sent=size,
+                           Ta=ta, server_id=17, src=SourcePosition(stream="f", offset=self.offset))
+        return self.apply(self.stage.process([(self.offset, record)], T0 if now is None else now, drained))
 
     def apply(self, result: BatchResult) -> BatchResult:
         for name, writes in result.writes.items():
@@ -60,9 +66,10 @@ def test_minute_windows_and_totals() -> None:
     for ts, traffic, status in [(T0, 1, 200), (T0 + 59_999, 2, 304), (T0 + 30_000, 1, 404),
                                 (T0 + 1, 3, 403), (T0 + 2, 1, 503), (T0 + 60_000, 1, 200)]:
         assert refused(m.add(ts, traffic, status, ta=-1 if status == 403 else 10)) is None
-    (first_key, first), (second_key, _) = sorted(m.tables.windows.items())
-    assert first_key == window_key(7, SEAL, MAIN, T0) and second_key == window_key(7, SEAL, MAIN, T0 + MINUTE_MS)
-    t = first.totals
+    (first_key, first), (second_key, second) = sorted(m.tables.usage.items())
+    assert (first_key, second_key) == (usage_key(7, T0), usage_key(7, T0 + MINUTE_MS))
+    assert list(first.windows) == list(second.windows) == [window_id(SEAL, MAIN)]
+    t = first.windows[window_id(SEAL, MAIN)].totals
     assert (t.requests, t.billable, t.denied, t.client_errors, t.server_errors) == (5, 2, 1, 2, 1)
     assert (t.bytes_sent, t.ta_sum_ms) == (500, 40)  # -1 (not reached) adds nothing
 
@@ -71,7 +78,7 @@ def test_emission_is_throttled_to_a_second_of_event_time_then_final() -> None:
     m = Meter()
     assert [(u.revision, u.final) for u in m.add(T0).usage] == [(1, False)]
     assert m.add(T0 + 200).usage == []  # changed, but within a second of the last emission
-    assert [(u.revision, u.requests) for u in m.add(T0 + 1_000).usage] == [(3, 3)]
+    assert [(u.revision, u.counts[0]) for u in m.add(T0 + 1_000).usage] == [(3, 3)]
     assert m.apply(m.stage.process([], T0, drained=False)).usage == []
     out = m.add(T0 + MINUTE_MS).usage  # the watermark passes the first window's end: it closes
     assert sorted((u.window_start, u.revision, u.final) for u in out) == [(T0, 3, True), (T0 + MINUTE_MS, 1, False)]
@@ -95,7 +102,7 @@ def test_late_and_future_events(offset: int, reason: str | None) -> None:
     result = m.add(T0 + offset)
     assert refused(result) == reason
     if reason is None and offset < 0:
-        late = [u for u in result.usage if u.window_start == T0 + offset - (T0 + offset) % MINUTE_MS]
+        late = [u.model() for u in result.usage if u.window_start == T0 + offset - (T0 + offset) % MINUTE_MS]
         assert late and late[0].requests == 1 and late[0].final  # counted in its own window
 
 
@@ -110,7 +117,7 @@ def test_windows_past_retention_are_forgotten() -> None:
     m = Meter()
     m.add(T0)
     m.add(T0 + 49 * HOUR_MS, now=T0 + 49 * HOUR_MS)  # not "future": the clock agrees
-    assert list(m.tables.windows) == [window_key(7, SEAL, MAIN, T0 + 49 * HOUR_MS)]
+    assert list(m.tables.usage) == [usage_key(7, T0 + 49 * HOUR_MS)]
 
 
 def test_replay_gives_the_same_outputs() -> None:
@@ -291,8 +298,43 @@ def test_a_refused_customer_is_cleared_when_its_window_slides() -> None:
     m = Meter()
     policy = SpendPolicy(cap_micros=100_000_000, committed_micros=99_999_900,  # one request from the cap
                          balance_micros=10**12)
-    m.stage.view.policies[7] = policy
+    configure(m.stage.view, CustomerState(customer_id=7, spend_cap_micros=policy.cap_micros,
+                                          committed_charges_micros=policy.committed_micros,
+                                          balance_micros=policy.balance_micros))
     assert [e.kind for e in m.add(T0).events] == [LimitKind.SPEND_WARNING, LimitKind.SPEND_CAP_REACHED]
     assert m.add(T0 + DAY_MS, traffic=3, status=403, now=T0 + DAY_MS).events == []  # still within the window
     cleared = m.add(T0 + 30 * DAY_MS, traffic=3, status=403, now=T0 + 30 * DAY_MS).events
     assert [(e.kind, e.observed) for e in cleared] == [(LimitKind.SPEND_CLEARED, 99_999_900)]
+
+
+def test_window_totals_are_the_models_counters_and_saturate() -> None:
+    from dataclasses import fields
+
+    from meterstream.meter.usage import Totals, count_request
+    from meterstream.schemas.enums import TrafficType
+    from meterstream.schemas.types import INT64_MAX
+    from meterstream.schemas.usage import COUNTS
+
+    assert tuple(f.name for f in fields(Totals)) == COUNTS
+    t = Totals()
+    for _ in range(3):  # two records near the bound of bytes_sent would pass 2**63: it stays there
+        count_request(t, TrafficType.GUARANTEED, 200, 2**53 - 1, 2**31 - 1)
+    t.bytes_sent = INT64_MAX - 5
+    count_request(t, TrafficType.GUARANTEED, 200, 2**53 - 1, -1)
+    assert t.bytes_sent == INT64_MAX and t.requests == 4 and t.ta_sum_ms == 3 * (2**31 - 1)
+
+
+def test_rate_counts_what_haproxy_served() -> None:
+    """SPEC §6: requests HAProxy refused (traffic 3-6: 429s of a throttled customer) do not
+    count towards the rate, so a breach clears 60 s after the served rate drops."""
+    m = Meter()
+    configure(m.stage.view, InstanceState(customer_id=7, service_type=SEAL, tier=Tier.ENTERPRISE, guaranteed_rps=10))
+    events = []
+    for second in range(80):
+        served = 20 if second < 3 else 0
+        for i in range(served):
+            events += m.add(T0 + second * 1000 + i).events
+        for i in range(200):  # the client keeps retrying at 20x its rate: refused
+            events += m.add(T0 + second * 1000 + 500 + i, traffic=3, status=429).events
+    rate = [(e.kind, e.at) for e in events if e.kind in (LimitKind.RATE_EXCEEDED, LimitKind.RATE_CLEARED)]
+    assert rate == [(LimitKind.RATE_EXCEEDED, T0 + 2_000), (LimitKind.RATE_CLEARED, T0 + 62_000)]

@@ -10,13 +10,13 @@ from meterstream.schemas import (
     LimitEvent,
     RejectedLine,
     LogRecord,
-    ResolvedRecord,
+    ResolvedBatch,
     UsageWindow,
     WireError,
     decode,
     encode,
 )
-from meterstream.schemas.enums import EventClass, ServiceType, TrafficType
+from meterstream.schemas.enums import EventClass, ServiceType, TrafficType, UnauthReason
 from meterstream.schemas.topics import TOPICS, key_of
 from tests.examples import EXAMPLES, LOG
 
@@ -67,7 +67,7 @@ _DELETE = object()
         ("LogRecord", {"request_id": _DELETE}, "request_id"),
         ("LogRecord", {"src__offset": -1}, "src.offset"),
         ("LogRecord", {"surprise": 1}, "surprise"),
-        ("LogRecord", {"v": 2}, "v"),
+        ("LogRecord", {"v": 3}, "v"),
         # every field within what the tables and the aggregates hold (poison values)
         ("LogRecord", {"ts": 99_999_999_999_999_999}, "ts"),
         ("LogRecord", {"ts": 0}, "ts"),
@@ -79,7 +79,7 @@ _DELETE = object()
         ("LogRecord", {"client_ip": "\u0000"}, "client_ip"),
         ("LogRecord", {"src__stream": "f\u0000"}, "src.stream"),
         ("LogRecord", {"src__offset": 2**63}, "src.offset"),
-        ("ResolvedRecord", {"upstream__offset": 2**63}, "upstream.offset"),
+        ("ResolvedBatch", {"partition": -1}, "partition"),
         ("UsageWindow", {"bytes_sent": 2**63}, "bytes_sent"),
         ("LimitEvent", {"observed": 2**63}, "observed"),
         ("LimitEvent", {"at": 10**17}, "at"),
@@ -112,8 +112,10 @@ def test_not_json_is_a_wire_error() -> None:
 def test_model_level_rules() -> None:
     with pytest.raises(WireError, match="billable cannot exceed requests"):
         decode(UsageWindow, _with("UsageWindow", billable=11))
+    bad = orjson.loads(encode(EXAMPLES["ResolvedBatch"]))
+    bad["records"][0]["unauth"] = None
     with pytest.raises(WireError, match="customer_id is 0 exactly when unauth"):
-        decode(ResolvedRecord, _with("ResolvedRecord", unauth=None))
+        decode(ResolvedBatch, orjson.dumps(bad))
     with pytest.raises(WireError, match="spend_cap_micros must be within"):
         decode(CustomerState, _with("CustomerState", spend_cap_micros=50_000_010_000))
     with pytest.raises(WireError, match="enterprise instance names its guaranteed_rps"):
@@ -144,10 +146,14 @@ def test_event_classes_cover_spec_codes() -> None:
             EventClass.of(code)
 
 
-def test_keys_follow_spec_section_5() -> None:
-    assert key_of(LOG) == str(LOG.api_key_fp).encode()
-    assert key_of(LOG.model_copy(update={"api_key_fp": None})) == b"-"
-    assert key_of(EXAMPLES["ResolvedRecord"]) == b"0"
+def test_keys_follow_docs_wire() -> None:
+    # haproxy.logs: the customer HAProxy named, else the fingerprint, else customer 0
+    assert key_of(LOG.model_copy(update={"customer_id": 184467441})) == b"184467441"
+    assert key_of(LOG) == b"fp%d" % LOG.api_key_fp
+    assert key_of(LOG.model_copy(update={"api_key_fp": None})) == b"0"
+    for refused in range(10, 17):  # HAProxy refused the key: unauthenticated, whatever it named
+        assert key_of(LOG.model_copy(update={"event_type": refused, "customer_id": 184467441})) == b"0"
+    assert key_of(EXAMPLES["ResolvedBatch"]) == b"3"
     assert key_of(EXAMPLES["InstanceState"]) == b"184467441:2"
     assert key_of(EXAMPLES["UsageWindow"]) == b"184467441:1:0:1764072000000"
     assert key_of(EXAMPLES["RejectedLine"]) == b"/var/log/haproxy.log"
@@ -197,3 +203,44 @@ def test_a_dead_letter_is_built_from_any_input() -> None:
     assert line.raw_encoding == "base64" and line.raw == "YQBi"
     assert "\x00" not in line.source + line.detail and len(line.source) <= 1024
     assert decode(RejectedLine, encode(line)) == line
+
+
+def test_log_record_v1_is_still_read() -> None:
+    """v2 added HAProxy's customer hint; values written before it still decode."""
+    old = orjson.loads(encode(LOG))
+    old["v"] = 1
+    del old["customer_id"]
+    assert decode(LogRecord, orjson.dumps(old)) == LOG
+    assert orjson.loads(encode(LOG))["v"] == 2
+
+
+def test_packed_resolved_records_decode_with_their_model() -> None:
+    """meter.resolved values built by pack() are ResolvedBatch values, in order, each within
+    the bound; no records still carries the source partition's progress."""
+    from meterstream.schemas.resolved import pack, unpack
+
+    records = [(7 if i % 3 else 0, None if i % 3 else UnauthReason.UNKNOWN_KEY, 1000 + i,
+                LOG.model_copy(update={"request_id": f"r{i}", "customer_id": 7 if i % 2 else None}))
+               for i in range(300)]
+    messages = pack(2, 1_764_072_000_500, records, max_bytes=16_384)
+    assert len(messages) > 1 and all(len(m) <= 16_384 for m in messages)
+    batches = [unpack(m) for m in messages]
+    assert all(b.partition == 2 and b.progress == 1_764_072_000_500 for b in batches)
+    got = [(f.customer_id, f.unauth, f.offset, f.record) for b in batches for f in b.records]
+    assert got == records
+    (empty,) = pack(1, None, [], max_bytes=16_384)
+    assert unpack(empty) == ResolvedBatch(partition=1, progress=None, records=[])
+    with pytest.raises(ValueError, match="does not fit"):
+        pack(1, None, records[:1], max_bytes=200)
+
+
+def test_a_window_row_writes_what_its_model_encodes() -> None:
+    """The meter emits WindowRow values (no model per window); their bytes are the model's."""
+    from meterstream.schemas.usage import COUNTS, WindowRow
+
+    w = EXAMPLES["UsageWindow"]
+    row = WindowRow(w.customer_id, int(w.service_type), int(w.network), w.window_start, w.revision, w.final,
+                    tuple(getattr(w, n) for n in COUNTS))
+    assert row.value() == encode(w) and row.model() == w
+    assert decode(UsageWindow, row.value()) == w
+    assert list(WindowRow._fields[:-1]) + list(COUNTS) == [n for n in UsageWindow.model_fields if n != "v"]
