@@ -35,6 +35,14 @@ def json_line(i: int, tag: str = "t") -> str:
                                 fp=FINGERPRINTS[i % len(FINGERPRINTS)], bytes=100 + i % 900)
 
 
+def require(tool: str) -> str:
+    """The path of a tool the project's set-up installs (``meterstream dev up``: TOOLS); a
+    test never installs it itself."""
+    path = shutil.which(tool)
+    assert path, f"{tool} is missing: the set-up installs it (deploy/dev.sh up)"
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -191,7 +199,7 @@ class HAProxy:
         out = open(self.log, "ab")  # noqa: SIM115
         err = open(self.workdir / "haproxy.stderr", "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            ["haproxy", "-f", str(ROOT / "deploy" / "haproxy" / "haproxy.cfg"), "-db"],
+            [require("haproxy"), "-f", str(ROOT / "deploy" / "haproxy" / "haproxy.cfg"), "-db"],
             env={**os.environ, **self.env}, stdout=out, stderr=err)
         out.close()
         err.close()

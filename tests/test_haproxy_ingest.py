@@ -11,18 +11,16 @@ from pathlib import Path
 import orjson
 import pytest
 
-from meterstream.devservices.system import ensure_debian
 from meterstream.schemas.apikeys import fingerprint_of_hash, key_hash
 from meterstream.settings import Settings
-from tests.helpers import ROOT, EchoBackend, HAProxy, Process, consume
+from tests.helpers import ROOT, EchoBackend, HAProxy, Process, consume, require
 
 pytestmark = pytest.mark.services
 
 
 @pytest.fixture(scope="session")
 def haproxy_installed() -> None:
-    ensure_debian("haproxy")
-    assert shutil.which("haproxy")
+    require("haproxy")
 
 
 @pytest.fixture

@@ -225,11 +225,10 @@ def test_real_haproxy_httplog_lines_parse_by_the_documented_layouts(tmp_path: Pa
     import base64
     import tomllib
 
-    from meterstream.devservices.system import ensure_debian
     from meterstream.schemas.apikeys import fingerprint_of_hash, key_hash
-    from tests.helpers import ROOT, EchoBackend
+    from tests.helpers import ROOT, EchoBackend, require
 
-    ensure_debian("haproxy")
+    require("haproxy")
     cfg = ROOT / "deploy" / "haproxy" / "httplog-captures.cfg"
     documented = "\n".join(line.removeprefix("#   ") for line in cfg.read_text().splitlines()
                            if line.startswith(("#   [parse", "#   fe_")))

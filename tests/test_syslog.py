@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from meterstream.settings import Settings
-from tests.helpers import EchoBackend, HAProxy, Process, consume, free_port, json_line, wait_for
+from tests.helpers import EchoBackend, HAProxy, Process, consume, free_port, json_line, require, wait_for
 from tests.test_parser import HTTPLOG
 
 pytestmark = pytest.mark.services
@@ -58,9 +58,7 @@ async def test_udp_and_tcp_framings(ms_topics: Settings, tmp_path: Path) -> None
 
 
 async def test_haproxy_sends_rfc5424_over_udp(ms_topics: Settings, tmp_path: Path) -> None:
-    from meterstream.devservices.system import ensure_debian
-
-    ensure_debian("haproxy")
+    require("haproxy")
     proc, udp, _ = receiver(ms_topics, tmp_path)
     backend = EchoBackend()
     proxy = HAProxy(tmp_path, backend.port)

@@ -1,9 +1,10 @@
 """Local Kafka and Postgres for development, tests and the README's local run.
 
 ``meterstream dev up`` installs what is missing (Debian's postgresql, Java and Maven; the Kafka
-broker jars from Maven Central through deploy/kafka/pom.xml), creates a Postgres cluster and a
-single-node KRaft broker under one state directory, starts both on loopback and waits until
-they answer. It is idempotent: a second run reuses the jars, the cluster and running servers.
+broker jars from Maven Central through deploy/kafka/pom.xml; the tools the tests and benchmarks
+run: ``TOOLS``), creates a Postgres cluster and a single-node KRaft broker under one state
+directory, starts both on loopback and waits until they answer. It is idempotent: a second run
+reuses the jars, the cluster, the tools and running servers.
 ``down`` stops what ``up`` started (never a server it found already running elsewhere).
 """
 
@@ -18,6 +19,11 @@ from pathlib import Path
 
 from meterstream.devservices.kafka import KafkaBroker
 from meterstream.devservices.postgres import PostgresCluster
+from meterstream.devservices.system import ensure_debian
+
+# Debian packages of the tools the test suite and the benchmarks run: the real HAProxy (the
+# closed loop, HAProxy's own log lines) and kcat (the ingest benchmark's reference)
+TOOLS = ("haproxy", "kcat")
 
 
 def state_dir() -> Path:
@@ -62,7 +68,8 @@ class DevServices:
     def up(self) -> list[str]:
         """Install, create and start what is missing; returns what was done, a line each."""
         with self._locked():
-            return self.postgres.up() + self.kafka.up()
+            tools = [f"installed {name}" for name in ensure_debian(*TOOLS)]
+            return tools + self.postgres.up() + self.kafka.up()
 
     def down(self) -> list[str]:
         with self._locked():
