@@ -320,8 +320,11 @@ class Worker:
                 received.append((r.offset, unpack(r.value)))
             except WireError as exc:
                 dead.append(self._dead(tp.topic, tp.partition, r.offset, "invalid_record", str(exc), r.value))
-        result = state.meter.process_forwarded(received, _now_ms(), self._drained(tp, records[-1].offset),
-                                               self._changed(state), own_idle=await self._own_idle(state, tp.partition))
+        own_idle = await self._own_idle(state, tp.partition)
+        # "drained" publishes the changed windows at once: only when this partition's own
+        # records are read too (forwarded batches come often, and would publish them each time)
+        drained = own_idle and self._drained(tp, records[-1].offset)
+        result = state.meter.process_forwarded(received, _now_ms(), drained, self._changed(state), own_idle=own_idle)
         await self._apply("forwarded", state, tp, result, [], dead)
         metrics.BATCH_SECONDS.labels("forwarded").observe(time.perf_counter() - started)
 
