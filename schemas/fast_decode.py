@@ -28,6 +28,7 @@ tests/test_fast_decode.py holds the two equal, value by value, on a generated co
 
 from __future__ import annotations
 
+import keyword
 import re
 from collections.abc import Callable
 from enum import Enum
@@ -272,7 +273,8 @@ class _Builder:
                 if pattern in _NUL_FREE_PATTERNS:
                     self.nul_free = True  # checked on the whole payload (_decode_then)
                 else:
-                    meta["pattern"] = pattern
+                    return (Annotated[str, msgspec.Meta(**meta)] if meta else str), \
+                        _pattern_check(re.compile(pattern).search)
             return (Annotated[str, msgspec.Meta(**meta)] if meta else str), None
         if kind == "enum":
             cls = schema["cls"]
@@ -315,45 +317,68 @@ def _plain_function(schema: dict[str, Any], where: str) -> Callable[[Any], Any]:
 
 def _completer(posts: list[tuple[str, Callable[[Any], Any], Any]]) -> Callable[[Any], Any]:
     """Decoded Struct -> the same Struct holding the model's values: the field functions applied
-    to given values, the defaults of the absent ones whose field has a function."""
-    def complete(decoded: Any) -> Any:
-        for name, post, default in posts:
-            value = getattr(decoded, name)
-            setattr(decoded, name, default if value is _UNSET else post(value))
-        return decoded
-
-    return complete
+    to given values, the defaults of the absent ones whose field has a function. Generated as
+    straight-line code (half the time of a loop over the fields)."""
+    env: dict[str, Any] = {"U": _UNSET}
+    lines = ["def complete(s):"]
+    for i, (name, post, default) in enumerate(posts):
+        env[f"p{i}"], env[f"d{i}"] = post, default
+        if default is _UNSET:  # required: always given
+            lines.append(f"    s.{name} = p{i}(s.{name})")
+        else:
+            lines += [f"    x = s.{name}", f"    s.{name} = d{i} if x is U else p{i}(x)"]
+    lines.append("    return s")
+    return _compiled(lines, env, "complete", [name for name, _, _ in posts])
 
 
 def _converter(model: type[M], struct: type[msgspec.Struct], template: dict[str, Any],
                posts: list[tuple[str, Callable[[Any], Any], Any]], after: list[Callable[[Any], Any]]) -> Callable[[Any], M]:
     """Decoded Struct -> the model's instance, as pydantic builds it: fields in the model's order,
     defaults for the absent ones, ``model_fields_set`` the present ones, the field functions on
-    present values, then the model validators."""
+    present values, then the model validators. Generated as straight-line code for the usual
+    value (every field given, as encode() writes them), a loop for the others."""
     names = tuple(struct.__struct_fields__)
-    all_names = frozenset(names)
-    astuple, asdict = msgspec.structs.astuple, msgspec.structs.asdict
-    new = model.__new__
-    unset = _UNSET
+    post_of = {name: post for name, post, _ in posts}
+    defaulted = list(names[len(names) - len(struct.__struct_defaults__):]) if struct.__struct_defaults__ else []
+    env: dict[str, Any] = {"U": _UNSET, "new": model.__new__, "M": model, "_set": _set, "ALL": frozenset(names),
+                           "slow": _absent_fields_converter(model, names, template, posts, after)}
+    lines = ["def to_model(s):"]
+    lines += [f"    f{i} = s.{name}" for i, name in enumerate(names)]
+    if defaulted:
+        lines.append(f"    if U in ({', '.join(f'f{names.index(n)}' for n in defaulted)},):")
+        lines.append("        return slow(s)")
+    values = []
+    for i, name in enumerate(names):
+        if name in post_of:
+            env[f"p{i}"] = post_of[name]
+            values.append(f"{name!r}: p{i}(f{i})")
+        else:
+            values.append(f"{name!r}: f{i}")
+    lines += ["    m = new(M)", f"    _set(m, '__dict__', {{{', '.join(values)}}})",
+              "    _set(m, '__pydantic_fields_set__', set(ALL))", "    _set(m, '__pydantic_extra__', None)",
+              "    _set(m, '__pydantic_private__', None)"]
+    for i, function in enumerate(after):
+        env[f"a{i}"] = function
+        lines.append(f"    m = a{i}(m)")
+    lines.append("    return m")
+    return _compiled(lines, env, "to_model", list(names))
 
-    may_be_absent = bool(struct.__struct_defaults__)  # a field with a default (UNSET here)
+
+def _absent_fields_converter(model: type[M], names: tuple[str, ...], template: dict[str, Any],
+                             posts: list[tuple[str, Callable[[Any], Any], Any]],
+                             after: list[Callable[[Any], Any]]) -> Callable[[Any], M]:
+    astuple = msgspec.structs.astuple
+    new = model.__new__
 
     def to_model(decoded: Any) -> M:
-        if may_be_absent and unset in astuple(decoded):  # absent fields: their defaults (a value encode() wrote has them all)
-            values = astuple(decoded)
-            fields = dict(compress(zip(names, values), map(is_not, values, repeat(unset))))
-            fields_set = set(fields)
-            for name, post, _ in posts:
-                if name in fields:
-                    fields[name] = post(fields[name])
-            fields = {**template, **fields}
-        else:
-            fields = asdict(decoded)
-            fields_set = set(all_names)
-            for name, post, _ in posts:
+        values = astuple(decoded)
+        fields = dict(compress(zip(names, values), map(is_not, values, repeat(_UNSET))))
+        fields_set = set(fields)
+        for name, post, _ in posts:
+            if name in fields:
                 fields[name] = post(fields[name])
         instance = new(model)
-        _set(instance, "__dict__", fields)
+        _set(instance, "__dict__", {**template, **fields})
         _set(instance, "__pydantic_fields_set__", fields_set)
         _set(instance, "__pydantic_extra__", None)
         _set(instance, "__pydantic_private__", None)
@@ -362,6 +387,25 @@ def _converter(model: type[M], struct: type[msgspec.Struct], template: dict[str,
         return instance
 
     return to_model
+
+
+def _compiled(lines: list[str], env: dict[str, Any], name: str, fields: list[str]) -> Callable[[Any], Any]:
+    for field in fields:  # names go into the code as attribute names: identifiers only
+        if not field.isidentifier() or keyword.iskeyword(field):
+            raise FastPathUnavailable(f"field name {field!r} is not an identifier")
+    exec("\n".join(lines), env)  # noqa: S102 - code built from the model's field names, checked above
+    return env[name]  # type: ignore[no-any-return]
+
+
+def _pattern_check(search: Callable[[str], Any]) -> Callable[[str], str]:
+    """A pattern checked by a compiled regex after the decode: msgspec's own check costs 0.35 µs
+    a field, this one 0.15."""
+    def check(value: str) -> str:
+        if search(value) is None:
+            raise _Defer
+        return value
+
+    return check
 
 
 # ---- Rust regex (pydantic-core) -> Python re, where the two mean the same --------------------
