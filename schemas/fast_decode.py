@@ -120,7 +120,11 @@ _NUL_FREE_PATTERNS = frozenset({r"\A[^\x00]*\Z"})
 
 def _decode_then(builder: _Builder) -> Callable[[Any], Any]:
     """payload -> msgspec's Struct -> the builder's result; raises where pydantic must decide."""
-    decode, convert = msgspec.json.Decoder(builder.struct).decode, builder.convert
+    try:
+        decode = msgspec.json.Decoder(builder.struct).decode
+    except (TypeError, ValueError) as exc:  # a type or bound msgspec does not take (a bound beyond int64)
+        raise FastPathUnavailable(f"msgspec refuses the Struct: {exc}") from None
+    convert = builder.convert
     if not builder.nul_free:
         return lambda payload: convert(decode(payload))
 
@@ -155,6 +159,39 @@ def fast_decoder(model: type[M]) -> FastDecoder[M] | None:
         decoder = None
     _DECODERS[model] = decoder
     return decoder
+
+
+def decode(model: type[M], payload: bytes | bytearray | memoryview | str | None) -> M:
+    """``schemas.wire.decode`` with the fast path in front: the model's instance (equal to what
+    pydantic's validate_json gives); whatever the fast decoder defers, and every error, is
+    ``wire.decode``'s own (WireError naming the field, with pydantic's message). A drop-in for
+    the worker. On this machine it costs about what pydantic does for a LogRecord (building a
+    pydantic instance in Python is most of it): ``decode_values`` is where the time is saved."""
+    decoder = fast_decoder(model) if payload is not None else None
+    if decoder is not None:
+        value = decoder.fast(payload)  # type: ignore[arg-type]
+        if value is not None:
+            return value
+    return _wire_decode(model, payload)
+
+
+def decode_values(model: type[M], payload: bytes | bytearray | memoryview | str | None) -> Any:
+    """Like ``decode``, but the fields as the fast decoder's Struct (attributes, and the model's
+    properties such as ``is_billable``; ``wire.encode`` writes it as it writes the model) rather
+    than the model's instance: for code that only reads fields. About half the time of
+    ``decode`` for a LogRecord. What it defers is ``wire.decode``'s (an instance, or WireError)."""
+    decoder = fast_decoder(model) if payload is not None else None
+    if decoder is not None:
+        value = decoder.values(payload)  # type: ignore[arg-type]
+        if value is not None:
+            return value
+    return _wire_decode(model, payload)
+
+
+def _wire_decode(model: type[M], payload: Any) -> M:
+    from meterstream.schemas.wire import decode as wire_decode  # wire imports nothing from here
+
+    return wire_decode(model, payload)  # type: ignore[arg-type]
 
 
 class _Builder:

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from meterstream.schemas import LimitEvent, LogRecord, RejectedLine, UsageWindow, encode
+from meterstream.schemas import LimitEvent, LogRecord, RejectedLine, UsageWindow, encode, fast_decode
 from meterstream.schemas.fast_decode import (
     FastDecoder,
     FastPathUnavailable,
@@ -83,6 +83,12 @@ def agree(model: type[BaseModel], payload: bytes | str, *, must_be_fast: bool = 
                 assert encode(result) == written
     if values is not None:
         _same(values, ref, model.__name__)
+        try:
+            written = encode(ref)
+        except TypeError:
+            pass
+        else:  # wire.encode writes the fast decoder's Struct as it writes the model
+            assert encode(values) == written
     return True
 
 
@@ -248,6 +254,24 @@ def test_version_rule_runs_the_models_own_function() -> None:
         agree(LogRecord, _changed("LogRecord", v=version))
 
 
+def test_drop_in_decode_keeps_wire_errors() -> None:
+    """fast_decode.decode / decode_values: schemas.wire.decode's contract (its WireError, its
+    message) for whatever the fast path defers."""
+    for payload in (b"\xff{", _changed("LogRecord", status=1000), _changed("LogRecord", request_id="a\x00"),
+                    _changed("LogRecord", extra=1)):
+        for entry in (fast_decode.decode, fast_decode.decode_values):
+            with pytest.raises(WireError) as got:
+                entry(LogRecord, payload)
+            with pytest.raises(WireError) as ref:
+                decode(LogRecord, payload)
+            assert str(got.value) == str(ref.value)
+    raw = encode(EXAMPLES["LogRecord"])
+    assert fast_decode.decode(LogRecord, raw) == EXAMPLES["LogRecord"]
+    assert encode(fast_decode.decode_values(LogRecord, raw)) == raw
+    lax = _changed("LogRecord", status="200")  # deferred, and wire.decode takes it
+    assert fast_decode.decode(LogRecord, lax) == fast_decode.decode_values(LogRecord, lax) == decode(LogRecord, lax)
+
+
 def test_attribute_access_and_properties_on_values() -> None:
     decoder = fast_decoder(LogRecord)
     assert decoder is not None
@@ -284,7 +308,13 @@ def test_models_with_rules_it_does_not_carry_have_no_fast_decoder() -> None:
     class Flagged(BaseModel):
         a: str = Field(pattern=r"(?i)^abc$")
 
-    for model in (Before, Aliased, Floaty, Unioned, Stripped, Flagged):
+    class Huge(BaseModel):
+        a: int = Field(le=2**64)  # msgspec bounds are int64
+
+    class Listed(BaseModel):
+        a: list[int] = []
+
+    for model in (Before, Aliased, Floaty, Unioned, Stripped, Flagged, Huge, Listed):
         assert fast_decoder(model) is None, model.__name__
         with pytest.raises(FastPathUnavailable):
             FastDecoder(model)
