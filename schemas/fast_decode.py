@@ -126,7 +126,7 @@ def _decode_then(builder: _Builder) -> Callable[[Any], Any]:
         raise FastPathUnavailable(f"msgspec refuses the Struct: {exc}") from None
     convert = builder.convert
     if not builder.nul_free:
-        return lambda payload: convert(decode(payload))
+        return decode if convert is _AS_DECODED else lambda payload: convert(decode(payload))
 
     def checked(payload: bytes | bytearray | memoryview | str) -> Any:
         # the text fields' "no NUL" pattern, checked once on the payload (0.05 µs where msgspec's
@@ -285,10 +285,7 @@ class _Builder:
         kind = schema.get("type")
         if kind == "nullable":
             annotation, post = self._value(schema["schema"], where)
-            if post is not None:
-                inner = post
-                post = lambda value: None if value is None else inner(value)  # noqa: E731
-            return annotation | None, post
+            return annotation | None, None if post is None else _Nullable(post)
         if kind == "function-after":
             function = _plain_function(schema, where)
             annotation, inner_post = self._value(schema["schema"], where)
@@ -296,7 +293,8 @@ class _Builder:
                 return annotation, function
             return annotation, lambda value: function(inner_post(value))
         if kind == "model":
-            return self._model(schema["cls"], schema)
+            struct, convert = self._model(schema["cls"], schema)
+            return struct, None if convert is _AS_DECODED else convert
         _only(schema, where)
         if kind == "int":
             meta = {k: schema[k] for k in _INT_BOUNDS if k in schema}
@@ -352,18 +350,49 @@ def _plain_function(schema: dict[str, Any], where: str) -> Callable[[Any], Any]:
     return function["function"]  # type: ignore[no-any-return]
 
 
+class _Nullable:
+    """The function of an optional field's value: not run on None (as pydantic's nullable)."""
+
+    __slots__ = ("inner",)
+
+    def __init__(self, inner: Callable[[Any], Any]) -> None:
+        self.inner = inner
+
+    def __call__(self, value: Any) -> Any:
+        return None if value is None else self.inner(value)
+
+
+def _call(post: Callable[[Any], Any], i: int, env: dict[str, Any], value: str) -> str:
+    """The code that applies ``post`` to ``value`` (an optional's None check inline)."""
+    if isinstance(post, _Nullable):
+        env[f"p{i}"] = post.inner
+        return f"(None if {value} is None else p{i}({value}))"
+    env[f"p{i}"] = post
+    return f"p{i}({value})"
+
+
+def _as_decoded(decoded: Any) -> Any:
+    return decoded
+
+
+_AS_DECODED = _as_decoded  # a model with nothing to run on its values: the Struct as decoded
+
+
 def _completer(posts: list[tuple[str, Callable[[Any], Any], Any]]) -> Callable[[Any], Any]:
     """Decoded Struct -> the same Struct holding the model's values: the field functions applied
     to given values, the defaults of the absent ones whose field has a function. Generated as
     straight-line code (half the time of a loop over the fields)."""
+    if not posts:
+        return _AS_DECODED
     env: dict[str, Any] = {"U": _UNSET}
     lines = ["def complete(s):"]
     for i, (name, post, default) in enumerate(posts):
-        env[f"p{i}"], env[f"d{i}"] = post, default
+        env[f"d{i}"] = default
         if default is _UNSET:  # required: always given
-            lines.append(f"    s.{name} = p{i}(s.{name})")
+            lines += [f"    x = s.{name}", f"    s.{name} = {_call(post, i, env, 'x')}"]
         else:
-            lines += [f"    x = s.{name}", f"    s.{name} = d{i} if x is U else p{i}(x)"]
+            lines += [f"    x = s.{name}", f"    if x is U:", f"        s.{name} = d{i}",
+                      f"    else:", f"        s.{name} = {_call(post, i, env, 'x')}"]
     lines.append("    return s")
     return _compiled(lines, env, "complete", [name for name, _, _ in posts])
 
@@ -387,8 +416,7 @@ def _converter(model: type[M], struct: type[msgspec.Struct], template: dict[str,
     values = []
     for i, name in enumerate(names):
         if name in post_of:
-            env[f"p{i}"] = post_of[name]
-            values.append(f"{name!r}: p{i}(f{i})")
+            values.append(f"{name!r}: {_call(post_of[name], i, env, f'f{i}')}")
         else:
             values.append(f"{name!r}: f{i}")
     lines += ["    m = new(M)", f"    _set(m, '__dict__', {{{', '.join(values)}}})",
