@@ -57,19 +57,6 @@ async def delete_topics(bootstrap: str, topics: list[str]) -> None:
         await admin.close()
 
 
-async def delete_prefixed(bootstrap: str, prefix: str) -> None:
-    """Deletes every topic whose name starts with ``prefix`` (a run's own, and the changelogs
-    its worker created), so that benchmarks do not fill the shared broker."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if names:
-            await admin.delete_topics(names)
-    finally:
-        await admin.close()
-
-
 def pin_broker(dev: DevServices, cpu: int) -> None:
     """Keep the broker off the core the measured process runs on (when we started it)."""
     pid = read_pid(dev.kafka.pidfile)

@@ -125,26 +125,13 @@ async def new_topic(services: Services) -> AsyncIterator[Callable[..., Awaitable
 async def ms_topics(services: Services) -> AsyncIterator[Settings]:
     """Settings whose topic prefix is this test's own, with SPEC §5's topics created
     (2 partitions each); every topic with the prefix is deleted afterwards."""
-    from meterstream.kafka import ensure_topics
+    from meterstream.kafka import delete_topics_with_prefix, ensure_topics
 
     settings = settings_mod.load(None, kafka={"bootstrap": services.kafka_bootstrap,
                                               "topic_prefix": unique("t") + "."})
     await ensure_topics(settings, partitions=2)
     yield settings
-    await delete_topics(services.kafka_bootstrap, settings.kafka.topic_prefix)
-
-
-async def delete_topics(bootstrap: str, prefix: str) -> None:
-    """Deletes every topic whose name starts with ``prefix``: the test's own, and those the
-    processes it ran created (a worker's changelogs): the shared broker does not fill up."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        names = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if names:
-            await admin.delete_topics(names)
-    finally:
-        await admin.close()
+    await delete_topics_with_prefix(services.kafka_bootstrap, settings.kafka.topic_prefix)
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from tests.conftest import Services, delete_topics
+from meterstream.kafka import delete_topics_with_prefix
+from tests.conftest import Services
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -132,4 +133,4 @@ async def test_demo_runs_the_pipeline_and_is_idempotent(tmp_path: Path, services
     finally:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
-        await delete_topics(services.kafka_bootstrap, prefix)
+        await delete_topics_with_prefix(services.kafka_bootstrap, prefix)

@@ -18,9 +18,9 @@ import pytest
 
 from meterstream import sample
 from meterstream import settings as settings_mod
-from meterstream.kafka import ensure_topics
+from meterstream.kafka import delete_topics_with_prefix, ensure_topics
 from meterstream.schemas.apikeys import fingerprint_of_hash, key_hash
-from tests.conftest import Services, delete_topics, unique
+from tests.conftest import Services, unique
 from tests.helpers import EchoBackend, HAProxy, Process, wait_for
 
 pytestmark = [pytest.mark.services, pytest.mark.slow]
@@ -142,4 +142,4 @@ async def test_closed_loop_through_haproxy(services: Services, pg_dsn: str, pg: 
                 p.kill9()
         proxy.stop()
         backend.stop()
-        await delete_topics(services.kafka_bootstrap, settings.kafka.topic_prefix)
+        await delete_topics_with_prefix(services.kafka_bootstrap, settings.kafka.topic_prefix)
