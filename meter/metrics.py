@@ -32,6 +32,9 @@ UNPUBLISHABLE = Counter("meterstream_worker_unpublishable_total",
 INVALID_KEYS_UNTRACKED = Counter("meterstream_worker_invalid_keys_untracked_total",
                                  "Hits of unknown fingerprints not tracked for invalid_key events (past "
                                  "worker.invalid_keys_max per partition); their usage is still counted")
+RATE_REGIONS_UNTRACKED = Counter("meterstream_worker_rate_regions_untracked_total",
+                                 "Served requests of a region past the 16 tracked per customer and service: counted "
+                                 "in usage, not rate-limited")
 BAD_STATE = Counter("meterstream_worker_bad_state_total",
                     "Table values (changelog) that did not load and were taken as absent", ["table"])
 LAG = Gauge("meterstream_worker_consumer_lag", "Records between a partition's end and the worker's position",

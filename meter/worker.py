@@ -390,6 +390,7 @@ class Worker:
         for reason, n in result.unauthenticated.items():
             metrics.UNAUTHENTICATED.labels(reason.value).inc(n)
         metrics.INVALID_KEYS_UNTRACKED.inc(result.untracked_invalid_keys)
+        metrics.RATE_REGIONS_UNTRACKED.inc(result.untracked_regions)
         self._lag(tp)
         for name, table in self.tables.items():
             metrics.TABLE_KEYS.labels(name).set(len(table.data))
