@@ -356,3 +356,18 @@ def test_rate_trackers_per_service_are_bounded_in_regions() -> None:
                            server_id=region << 4 | 1, src=SourcePosition(stream="f", offset=m.offset))
         untracked += m.apply(m.stage.process([(m.offset, record)], T0, drained=False)).untracked_regions
     assert untracked == 4 and len(m.tables.limits[limits_key(7)].rates) == MAX_REGIONS
+
+
+def test_customers_with_the_same_configuration_share_one_entry() -> None:
+    """The config view holds a customer's policy, allowances and partition as one tuple,
+    shared by every customer whose configuration is the same (700,000 entries in 40 MiB)."""
+    view = ConfigView(partition_of=lambda customer: customer % 4)
+    for c in range(1, 101):
+        configure(view, CustomerState(customer_id=c, balance_micros=10**9),
+                  InstanceState(customer_id=c, service_type=SEAL, tier=Tier.PRO))
+    assert len({id(view.customers[c]) for c in range(1, 101)}) == 4  # one per partition
+    assert view.allowance(5, SEAL) == 2_000 and view.allowance(5, ServiceType.GRPC) is None
+    assert view.partition(5) == 1 and view.partition(1_000) is None
+    assert view.policy(5).balance_micros == 10**9 and view.policy(1_000).balance_micros == 0
+    configure(view, CustomerState(customer_id=5, balance_micros=1))
+    assert view.policy(5).balance_micros == 1 and view.policy(9).balance_micros == 10**9
