@@ -256,6 +256,22 @@ def topics_create(obj: Context, partitions: int) -> None:
 
 
 @main.group()
+def schemas() -> None:
+    """JSON Schemas of the topic values, for consumers of the topics."""
+
+
+@schemas.command("export")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def schemas_export(directory: Path) -> None:
+    """Write one JSON Schema (draft 2020-12) per topic value into DIRECTORY:
+    <topic>.schema.json, from the pydantic models the processes write with."""
+    from meterstream.schemas.json_schemas import export
+
+    for path in export(directory):
+        click.echo(str(path))
+
+
+@main.group()
 def dev() -> None:
     """Local Kafka (KRaft) and Postgres for development and tests, on loopback.
 
