@@ -69,6 +69,7 @@ class Tailer:
         budget_lines, budget_bytes = self.settings.tail.round_lines, self.settings.tail.round_bytes
         sources = [*self._continuations, *self.files.ordered()]
         messages = batch.messages
+        read_bytes = 0
         rejected_before = self.encoder.rejected_count
         for followed in sources:
             # runs of lines, not lines: the file's end and the budgets once per run
@@ -91,6 +92,7 @@ class Tailer:
                     budget_lines -= 1
                 batch.ends[item.stream] = (item.end, item.path)
             budget_bytes -= followed.offset - start
+            read_bytes += followed.offset - start
             if budget_lines <= 0 or budget_bytes <= 0:
                 break
         for copy in [c for c in self._continuations if c.offset >= c.size()]:
@@ -102,6 +104,7 @@ class Tailer:
             copy.close()
         batch.records = len(messages) - (self.encoder.rejected_count - rejected_before)
         metrics.LINES_READ.labels("file").inc(len(batch.messages))
+        metrics.BYTES_READ.labels("file").inc(read_bytes)
         return batch
 
     async def _deliver(self, batch: Round) -> None:
