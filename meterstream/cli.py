@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import click
 
 from meterstream import __version__, logs
 from meterstream import settings as settings_mod
+from meterstream.schemas.enums import LimitKind
 from meterstream.settings import Settings
 
 
@@ -253,6 +255,71 @@ def topics_create(obj: Context, partitions: int) -> None:
 
     created = _run(ensure_topics(obj.settings, partitions))
     click.echo("created: " + ", ".join(created) if created else "all topics exist")
+
+
+_WHEN = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
+
+
+def _utc(when: datetime) -> datetime:
+    return when.replace(tzinfo=UTC)
+
+
+@main.group()
+def report() -> None:
+    """Reports read from Postgres: usage and charges, limit events."""
+
+
+@report.command("usage")
+@click.option("--from", "start", type=_WHEN, required=True, help="First hour (UTC), e.g. 2026-11-01.")
+@click.option("--to", "end", type=_WHEN, required=True, help="End (UTC, exclusive), e.g. 2026-12-01.")
+@click.option("--customer", type=int, default=None, help="Only this customer id.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@pass_ctx
+def report_usage(obj: Context, start: datetime, end: datetime, customer: int | None, fmt: str) -> None:
+    """Requests, billable requests and charges per customer and service, from usage_records
+    (the hours that start in [--from, --to)). Charges: $1.00 per 10,000 billable requests."""
+    from meterstream import pg
+    from meterstream.reports import USAGE_COLUMNS, render, usage
+
+    if end <= start:
+        raise click.UsageError("--to must be after --from")
+
+    async def go() -> str:
+        conn = await pg.connect(obj.settings, give_up_after_s=10)
+        try:
+            lines = await usage(conn, _utc(start), _utc(end), customer)
+        finally:
+            await conn.close()
+        return render(lines, fmt, f"usage {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC", USAGE_COLUMNS)
+
+    click.echo(_run(go()), nl=False)
+
+
+@report.command("limits")
+@click.option("--since", type=_WHEN, default=None, help="Events at or after this time (UTC; default: 24 hours ago).")
+@click.option("--customer", type=int, default=None, help="Only this customer id.")
+@click.option("--kind", type=click.Choice([k.value for k in LimitKind]), default=None, help="Only this kind.")
+@click.option("--limit", "count", type=click.IntRange(1, 100_000), default=100, show_default=True,
+              help="The latest this many events.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@pass_ctx
+def report_limits(obj: Context, since: datetime | None, customer: int | None, kind: str | None, count: int,
+                  fmt: str) -> None:
+    """Recent limit events (limit_events), newest first."""
+    from meterstream import pg
+    from meterstream.reports import LIMIT_COLUMNS, limits, render
+
+    start = _utc(since) if since else datetime.now(UTC) - timedelta(hours=24)
+
+    async def go() -> str:
+        conn = await pg.connect(obj.settings, give_up_after_s=10)
+        try:
+            lines = await limits(conn, start, customer, kind, count)
+        finally:
+            await conn.close()
+        return render(lines, fmt, f"limit events since {start:%Y-%m-%d %H:%M} UTC", LIMIT_COLUMNS)
+
+    click.echo(_run(go()), nl=False)
 
 
 @main.group()
