@@ -264,6 +264,16 @@ def _utc(when: datetime) -> datetime:
     return when.replace(tzinfo=UTC)
 
 
+def _report(coro: Any) -> str:
+    """A report's text; Postgres errors (unreachable, not migrated) as one line, exit 1."""
+    import asyncpg
+
+    try:
+        return str(_run(coro))
+    except (asyncpg.PostgresError, OSError) as exc:
+        raise click.ClickException(f"postgres: {type(exc).__name__}: {exc}") from None
+
+
 @main.group()
 def report() -> None:
     """Reports read from Postgres: usage and charges, limit events."""
@@ -292,7 +302,7 @@ def report_usage(obj: Context, start: datetime, end: datetime, customer: int | N
             await conn.close()
         return render(lines, fmt, f"usage {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC", USAGE_COLUMNS)
 
-    click.echo(_run(go()), nl=False)
+    click.echo(_report(go()), nl=False)
 
 
 @report.command("limits")
@@ -319,7 +329,7 @@ def report_limits(obj: Context, since: datetime | None, customer: int | None, ki
             await conn.close()
         return render(lines, fmt, f"limit events since {start:%Y-%m-%d %H:%M} UTC", LIMIT_COLUMNS)
 
-    click.echo(_run(go()), nl=False)
+    click.echo(_report(go()), nl=False)
 
 
 @main.group()

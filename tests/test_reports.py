@@ -101,3 +101,10 @@ async def test_limits_report_recent_events_newest_first(pg_dsn: str, pg: asyncpg
     assert [e["event_id"] for e in one] == [f"{ACME}:-:spend_warning:rolling_30d:1"]
     assert len(json.loads(report(pg_dsn, "limits", "--limit", "1", "--format", "json"))) == 1
     assert "spend_cap_reached" in report(pg_dsn, "limits")
+
+
+def test_a_database_without_the_tables_is_one_line(empty_pg_dsn: str) -> None:
+    result = subprocess.run([meterstream_exe(), "report", "limits"], capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "MS_POSTGRES__DSN": empty_pg_dsn})
+    assert result.returncode == 1
+    assert result.stderr.strip() == 'Error: postgres: UndefinedTableError: relation "limit_events" does not exist'
