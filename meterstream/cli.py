@@ -102,16 +102,22 @@ def parse(obj: Context, files: tuple[str, ...], fail_on_reject: bool) -> None:
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Checkpoint file (default: tail.checkpoint_path).")
 @click.option("--once", is_flag=True, help="Stop once the files are read and acknowledged (an import).")
+@click.option("--progress/--no-progress", default=None,
+              help="Show the import's progress: a bar on a terminal, else a log line every "
+                   "tail.progress_interval_s (default: with --once).")
 @click.option("--http-port", type=int, default=None, help="Port of /metrics and /healthz (0: any).")
 @pass_ctx
-def tail(obj: Context, files: tuple[str, ...], checkpoint: str | None, once: bool,
+def tail(obj: Context, files: tuple[str, ...], checkpoint: str | None, once: bool, progress: bool | None,
          http_port: int | None) -> None:
     """Follow HAProxy log FILES (paths or globs; default: tail.paths) into haproxy.logs.
 
     Survives rotation by rename and by copytruncate; checkpoints only what Kafka
     acknowledged, so a crash repeats lines (same request ids) and never loses one.
-    Lines that do not parse go to haproxy.logs.rejected with their reason.
+    Lines that do not parse go to haproxy.logs.rejected with their reason. Compressed files
+    (gzip, zstd, bzip2, xz) are read as their content: `tail --once '/var/log/haproxy.log*'`
+    imports the archived rotations, and a second run sends nothing.
     """
+    from meterstream.ingest.progress import for_terminal_or_log
     from meterstream.ingest.tailer import Tailer
     from meterstream.service import serve
 
@@ -119,7 +125,9 @@ def tail(obj: Context, files: tuple[str, ...], checkpoint: str | None, once: boo
                                          **({"checkpoint_path": checkpoint} if checkpoint else {})},
                      http={"port": http_port} if http_port is not None else {})
     try:
-        tailer = Tailer(settings, once=once)
+        shown = for_terminal_or_log(settings.tail.progress_interval_s) if (once if progress is None else progress) \
+            else None
+        tailer = Tailer(settings, once=once, progress=shown)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     _run(serve("tail", settings, tailer.run, tailer.request_stop, tailer.health))
