@@ -117,6 +117,12 @@ class Worker:
         self.usage_topic = settings.topic(topics.METER_USAGE)
         self.breaches_topic = settings.topic(topics.METER_BREACHES)
         self.rejected_topic = settings.topic(topics.HAPROXY_LOGS_REJECTED)
+        metrics.CHECKPOINT_AGE.set_function(self.checkpoint_age)
+
+    def checkpoint_age(self) -> float:
+        """Seconds the oldest processed position not yet in the positions table has waited."""
+        waiting = [s.unsaved_since for s in list(self.partitions.values()) if s.unsaved]
+        return time.monotonic() - min(waiting) if waiting else 0.0
 
     def health(self) -> tuple[bool, dict[str, object]]:
         refused_at = self.producer.refused_at
@@ -272,6 +278,8 @@ class Worker:
                 handle = self._meter_batch if stage == "meter" else self._forwarded_batch
                 await handle(state, tp, todo)
                 position.processed(offsets, step)
+                if todo[-1].timestamp > 0:
+                    metrics.EVENT_TIME.labels(tp.topic, str(tp.partition)).set(todo[-1].timestamp / 1000)
                 if not state.unsaved:
                     state.unsaved_since = time.monotonic()
                 state.unsaved[b"%s:%d" % (stage.encode(), tp.partition)] = position.expected
