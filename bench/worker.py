@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bench.common import WORK, cpu_seconds, peak_rss_mib, pin_broker, produce_all, rss_mib, services, unpin_broker
 from meterstream import settings as settings_mod
 from meterstream.kafka import ensure_topics, partitions_of
+from meterstream.kafka_clients import client_kwargs
 from meterstream.meter.config_view import ConfigView
 from meterstream.meter.resolve import resolve
 from meterstream.schemas import topics
@@ -57,7 +58,7 @@ async def bare_loop(settings: settings_mod.Settings, config: list, total: int) -
     for topic, key, value in config:
         view.apply(topic, key, value)
     name = settings.topic(topics.HAPROXY_LOGS)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**client_kwargs(settings.kafka), enable_auto_commit=False,
                                 max_partition_fetch_bytes=4 << 20)
     await consumer.start()
     parts = [TopicPartition(name, p) for p in await partitions_of(settings, name)]

@@ -17,6 +17,9 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from meterstream.kafka_clients import client_kwargs
+from meterstream.settings import KafkaSettings
+
 ROOT = Path(__file__).resolve().parent.parent
 
 LINE_TEMPLATE = (
@@ -109,11 +112,11 @@ class Process:
         return self.proc is not None and self.proc.poll() is None
 
 
-async def consume(bootstrap: str, topic: str, *, expect: int | None = None, quiet_s: float = 3.0,
+async def consume(kafka: KafkaSettings, topic: str, *, expect: int | None = None, quiet_s: float = 3.0,
                   timeout_s: float = 120.0, until: Callable[[list], bool] | None = None) -> list:
     """Every message of ``topic`` (decoded JSON values with keys), read until ``expect``
     messages arrived (or ``until`` holds) and then ``quiet_s`` without more."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(topic, **client_kwargs(kafka), auto_offset_reset="earliest",
                                 enable_auto_commit=False)
     await consumer.start()
     out: list = []
