@@ -38,6 +38,15 @@ def json_line(i: int, tag: str = "t") -> str:
                                 fp=FINGERPRINTS[i % len(FINGERPRINTS)], bytes=100 + i % 900)
 
 
+def kafka_env(kafka: KafkaSettings) -> dict[str, str]:
+    """The MS_KAFKA__* environment that gives a process these Kafka settings (TLS, SASL)."""
+    env = {f"MS_KAFKA__{name.upper()}": str(value) for name, value in kafka.model_dump().items()
+           if value not in (None, "") and name != "sasl_password"}
+    if kafka.sasl_password is not None:
+        env["MS_KAFKA__SASL_PASSWORD"] = kafka.sasl_password.get_secret_value()
+    return env
+
+
 def require(tool: str) -> str:
     """The path of a tool the project's set-up installs (``meterstream dev up``: TOOLS); a
     test never installs it itself."""
