@@ -56,7 +56,7 @@ class TlsCluster:
             conf.write(f"listen_addresses = '127.0.0.1'\nport = {self.port}\nunix_socket_directories = '{self.data}'\n"
                        f"ssl = on\nssl_cert_file = '{self.cert}'\nssl_key_file = '{self.key}'\n"
                        "fsync = off\nshared_buffers = '16MB'\nmax_connections = 20\n")
-        (self.data / "pg_hba.conf").write_text(f"local all all trust\nhostssl all all 127.0.0.1/32 trust\n")
+        (self.data / "pg_hba.conf").write_text("local all all trust\nhostssl all all 127.0.0.1/32 trust\n")
         run([str(bindir() / "pg_ctl"), "-D", str(self.data), "-l", str(self.data / "server.log"), "-w", "-t", "60",
              "start"], user=self.user)
 
