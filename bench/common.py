@@ -17,13 +17,23 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from meterstream.devservices import DevServices
 from meterstream.devservices.system import ensure_debian, read_pid
+from meterstream.kafka_clients import client_kwargs
 from meterstream.schemas.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = Path(os.environ.get("MS_BENCH_DIR", "/tmp/meterstream-bench"))
 
 
+def kafka_kwargs(bootstrap: str) -> dict:
+    """An aiokafka client's connection arguments for the benchmarks' broker (the dev broker's
+    plaintext listener, as the references such as kcat use it), as every client gets them."""
+    from meterstream.settings import KafkaSettings
+
+    return client_kwargs(KafkaSettings(bootstrap=bootstrap))
+
+
 def services() -> DevServices:
+    os.environ.setdefault("MS_DEV", "1")  # a development run (meterstream.devmode), its processes too
     dev = DevServices.default()
     for line in dev.up():
         print(f"# {line}")
@@ -39,7 +49,7 @@ def need(tool: str, package: str) -> str:
 async def fresh_topics(bootstrap: str, *names: str, partitions: int = 4) -> list[str]:
     suffix = uuid.uuid4().hex[:8]
     topics = [f"bench.{name}.{suffix}" for name in names]
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_kwargs(bootstrap))
     await admin.start()
     try:
         await admin.create_topics([NewTopic(t, partitions, 1) for t in topics])
@@ -49,7 +59,7 @@ async def fresh_topics(bootstrap: str, *names: str, partitions: int = 4) -> list
 
 
 async def delete_topics(bootstrap: str, topics: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka_kwargs(bootstrap))
     await admin.start()
     try:
         await admin.delete_topics(topics)
@@ -94,7 +104,7 @@ def peak_rss_mib(pid: int) -> float:
 
 async def produce_all(bootstrap: str, messages: Iterable[tuple[str, bytes | None, bytes]]) -> int:
     """Sends (topic, key, value) messages fast (acks=all), waiting for all; returns how many."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20, max_batch_size=900_000)
+    producer = AIOKafkaProducer(**kafka_kwargs(bootstrap), acks="all", linger_ms=20, max_batch_size=900_000)
     await producer.start()
     sent = 0
     try:

@@ -34,6 +34,7 @@ from bench.common import WORK, fresh_db, services
 from meterstream import sample
 from meterstream import settings as settings_mod
 from meterstream.kafka import delete_topics_with_prefix, end_offsets, ensure_topics
+from meterstream.kafka_clients import client_kwargs
 from meterstream.meter.config_sync import ConfigSync
 from meterstream.schemas.apikeys import fingerprint_of_hash, fingerprint_to_hex, key_hash
 
@@ -66,7 +67,7 @@ async def backlog(settings: settings_mod.Settings, dsn: str) -> tuple[int, int]:
     """(records on haproxy.logs the worker has not committed, records the sink has not stored)."""
     topic = settings.topic("haproxy.logs")
     ends = await end_offsets(settings, topic)
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+    admin = AIOKafkaAdminClient(**client_kwargs(settings.kafka))
     await admin.start()
     try:
         committed = {tp.partition: m.offset for tp, m in
@@ -157,7 +158,7 @@ async def sustained(dev, rates: list[int], step_s: float) -> None:  # noqa: ANN0
             p.send_signal(signal.SIGTERM)
         for p in procs:
             p.wait(60)
-        await delete_topics_with_prefix(settings.kafka.bootstrap, settings.kafka.topic_prefix)
+        await delete_topics_with_prefix(settings)
 
 
 def breach_to_403(times: int) -> None:

@@ -203,7 +203,9 @@ def main() -> None:
 async def _create(bootstrap: str, topics: list[str]) -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    from bench.common import kafka_kwargs
+
+    admin = AIOKafkaAdminClient(**kafka_kwargs(bootstrap))
     await admin.start()
     try:
         await admin.create_topics([NewTopic(t, 4, 1) for t in topics])

@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaProducer
 from bench.common import WORK, cpu_seconds, fresh_db, peak_rss_mib, pin_broker, rss_mib, services, unpin_broker
 from meterstream import settings as settings_mod
 from meterstream.kafka import ensure_topics
+from meterstream.kafka_clients import client_kwargs
 from meterstream.schemas.records import LogRecord, SourcePosition
 from meterstream.schemas.topics import key_of
 from meterstream.schemas.wire import encode
@@ -48,7 +49,7 @@ async def produce(settings: settings_mod.Settings, rows: int) -> None:
     """The records, sent in batches the producer builds per partition (round robin): millions
     of per-message sends would take minutes before the measurement starts."""
     topic = settings.topic("haproxy.logs")
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", enable_idempotence=True,
+    producer = AIOKafkaProducer(**client_kwargs(settings.kafka), acks="all", enable_idempotence=True,
                                 max_batch_size=512 * 1024)
     await producer.start()
     try:

@@ -32,6 +32,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bench.common import WORK, cpu_seconds, peak_rss_mib, pin_broker, produce_all, rss_mib, services, unpin_broker
 from meterstream import settings as settings_mod
 from meterstream.kafka import delete_topics_with_prefix, ensure_topics, partitions_of
+from meterstream.kafka_clients import client_kwargs
 from meterstream.meter.config_view import ConfigView
 from meterstream.meter.resolve import resolve
 from meterstream.schemas import topics
@@ -57,7 +58,7 @@ async def bare_loop(settings: settings_mod.Settings, config: list, total: int) -
     for topic, key, value in config:
         view.apply(topic, key, value)
     name = settings.topic(topics.HAPROXY_LOGS)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**client_kwargs(settings.kafka), enable_auto_commit=False,
                                 max_partition_fetch_bytes=4 << 20)
     await consumer.start()
     parts = [TopicPartition(name, p) for p in await partitions_of(settings, name)]
@@ -203,7 +204,7 @@ def main() -> None:
               f"({rate / bare:.2f}x the bare loop), peak RSS {peak:.0f} MiB")
         if args.repeat > 1:
             print(f"  runs: bare {[round(r) for r, _ in bare_runs]}, worker {[round(r[0]) for r in worker_runs]}")
-        asyncio.run(delete_topics_with_prefix(dev.kafka.bootstrap, settings.kafka.topic_prefix))
+        asyncio.run(delete_topics_with_prefix(settings))
 
         settings = settings_mod.load(None, kafka={"bootstrap": dev.kafka.bootstrap,
                                                   "topic_prefix": f"bench.s{uuid.uuid4().hex[:6]}."})
@@ -213,7 +214,7 @@ def main() -> None:
         _, _, peak, rss = run_worker(settings, len(records), WORK / "worker-state.log", rest_s=12.0)
         print(f"state of {args.customers:,} customers x 3 services: RSS {rss:.0f} MiB at rest "
               f"(peak {peak:.0f} MiB)")
-        asyncio.run(delete_topics_with_prefix(dev.kafka.bootstrap, settings.kafka.topic_prefix))
+        asyncio.run(delete_topics_with_prefix(settings))
     finally:
         unpin_broker(dev)
 

@@ -29,6 +29,7 @@ from prometheus_client import Counter, Gauge
 
 from meterstream import logs, pg
 from meterstream.kafka import read_to_end
+from meterstream.kafka_clients import client_kwargs
 from meterstream.meter import metrics
 from meterstream.schemas import topics
 from meterstream.schemas.config import ApiKeyState, CustomerState, InstanceState
@@ -187,7 +188,7 @@ class ConfigSync:
         if not items:
             return
         if self.producer is None:
-            self.producer = AIOKafkaProducer(bootstrap_servers=self.settings.kafka.bootstrap,
+            self.producer = AIOKafkaProducer(**client_kwargs(self.settings.kafka),
                                              client_id=f"{self.settings.kafka.client_id}-sync-config",
                                              acks="all", enable_idempotence=True)
             await asyncio.wait_for(self.producer.start(), self.settings.produce.send_timeout_s)

@@ -23,6 +23,7 @@ from aiokafka.errors import KafkaError
 
 from meterstream import logs
 from meterstream.kafka import partitions_of
+from meterstream.kafka_clients import client_kwargs
 from meterstream.schemas import topics
 from meterstream.meter.rate import allowance
 from meterstream.meter.spend import SpendPolicy
@@ -155,7 +156,7 @@ class ConfigFollower:
         """Reads the three topics up to their current end (retrying while Kafka is away)."""
         while True:
             try:
-                self.consumer = AIOKafkaConsumer(bootstrap_servers=self.settings.kafka.bootstrap,
+                self.consumer = AIOKafkaConsumer(**client_kwargs(self.settings.kafka),
                                                  enable_auto_commit=False, isolation_level="read_committed",
                                                  client_id=f"{self.settings.kafka.client_id}-config")
                 await self.consumer.start()

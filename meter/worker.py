@@ -37,6 +37,8 @@ from faust.types import TP
 
 from meterstream import http, logs, memory
 from meterstream.kafka import ensure_topics, partitions_of, read_to_end
+from meterstream.kafka_access import check_or_exit
+from meterstream.kafka_clients import faust_credentials
 from meterstream.meter import aggregates, batches, metrics
 from meterstream.meter.aggregates import StateTable, StateValue
 from meterstream.meter.config_view import ConfigFollower, ConfigView
@@ -159,6 +161,8 @@ class Worker:
             atexit.register(shutil.rmtree, datadir, True)
         app = faust.App(
             f"{s.kafka.topic_prefix}{cfg.app_id}", broker=batches.broker_url(s.kafka.bootstrap), store="memory://",
+            # TLS and SASL: faust hands them to every client it makes, meter.batches' consumer included
+            broker_credentials=faust_credentials(s.kafka),
             processing_guarantee="at_least_once", topic_partitions=count,
             table_standby_replicas=0, web_enabled=False, datadir=datadir, topic_replication_factor=1,
             broker_commit_interval=cfg.commit_interval_s, consumer_auto_offset_reset="earliest",
@@ -528,7 +532,9 @@ def check_partitions(counts: dict[str, int]) -> str | None:
 
 
 def run(settings: Settings) -> int:
-    """Runs the worker until SIGTERM/SIGINT (faust commits what it acknowledged, exit 0)."""
+    """Runs the worker until SIGTERM/SIGINT (faust commits what it acknowledged, exit 0).
+    Kafka refusing its TLS or SASL ends it at once (exit 2: meterstream.kafka_access)."""
+    asyncio.run(check_or_exit(settings.kafka, "worker"))
     created = asyncio.run(ensure_topics(settings))
     if created:
         log.info("topics created", topics=created)

@@ -407,8 +407,11 @@ def dev_status() -> None:
 def demo(obj: Context, workdir: str | None) -> None:
     """Run locally on embedded defaults: start the services, migrate, create the topics, load
     the sample customers and keys, tail a sample HAProxy log into Kafka, and show the result."""
+    import os
+
     from meterstream.demo import run
 
+    os.environ.setdefault("MS_DEV", "1")  # the demo is a development run (meterstream.devmode)
     if obj.settings.log_level not in ("debug", "warning", "error"):
         logs.configure("warning", obj.settings.log_format)  # the report is the output here
     services = _dev("up")

@@ -167,6 +167,7 @@ async def _meter(settings: Settings, say: Callable[[str], None], workdir: Path) 
     from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
 
     from meterstream.kafka import end_offsets
+    from meterstream.kafka_clients import client_kwargs
 
     log_path = workdir / "worker.log"
     workdir.mkdir(parents=True, exist_ok=True)
@@ -174,7 +175,7 @@ async def _meter(settings: Settings, say: Callable[[str], None], workdir: Path) 
         proc = subprocess.Popen([sys.executable, "-m", "meterstream.cli", "--log-format", "json", "worker"],
                                 stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
     group = f"{settings.kafka.topic_prefix}{settings.worker.app_id}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+    admin = AIOKafkaAdminClient(**client_kwargs(settings.kafka))
     await admin.start()
     started = time.monotonic()
     try:

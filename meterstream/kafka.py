@@ -5,13 +5,14 @@ from __future__ import annotations
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from meterstream.kafka_clients import client_kwargs
 from meterstream.schemas.topics import TOPICS
 from meterstream.settings import Settings
 
 
 def admin(settings: Settings) -> AIOKafkaAdminClient:
     return AIOKafkaAdminClient(
-        bootstrap_servers=settings.kafka.bootstrap,
+        **client_kwargs(settings.kafka),
         client_id=settings.kafka.client_id,
         request_timeout_ms=int(settings.kafka.request_timeout_s * 1000),
     )
@@ -76,7 +77,7 @@ async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
     """partition -> the offset after its last message."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(**client_kwargs(settings.kafka), enable_auto_commit=False)
     await consumer.start()
     try:
         ends = await consumer.end_offsets([TopicPartition(topic, p) for p in await partitions_of(settings, topic)])
@@ -100,7 +101,7 @@ async def read_records_to_end(settings: Settings, topic: str, timeout_s: float =
 
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka.bootstrap, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**client_kwargs(settings.kafka), enable_auto_commit=False,
                                 client_id=f"{settings.kafka.client_id}-reader")
     await consumer.start()
     try:
@@ -134,12 +135,14 @@ async def read_records_to_end(settings: Settings, topic: str, timeout_s: float =
         await consumer.stop()
 
 
-async def delete_topics_with_prefix(bootstrap: str, prefix: str) -> list[str]:
-    """Deletes every topic whose name starts with ``prefix`` (a test's or a benchmark's own, and
-    the changelogs its worker created, so that they do not fill a shared broker); returns them."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+async def delete_topics_with_prefix(settings: Settings) -> list[str]:
+    """Deletes every topic whose name starts with the settings' topic prefix (a test's or a
+    benchmark's own, and the changelogs its worker created, so that they do not fill a shared
+    broker); returns them. A prefix is required: an empty one would name every topic."""
+    prefix = settings.kafka.topic_prefix
+    if not prefix:
+        raise ValueError("no topic prefix: refusing to delete every topic")
+    client = admin(settings)
     await client.start()
     try:
         names = [t for t in await client.list_topics() if t.startswith(prefix)]

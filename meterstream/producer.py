@@ -38,6 +38,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter, Histogram
 
 from meterstream import logs
+from meterstream.kafka_clients import client_kwargs
 from meterstream.service import FailureClock
 from meterstream.settings import Settings
 
@@ -101,7 +102,7 @@ class RoundProducer:
     async def _connect(self) -> AIOKafkaProducer:
         s = self._settings
         producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka.bootstrap,
+            **client_kwargs(s.kafka),
             client_id=f"{s.kafka.client_id}-{self._component}",
             acks="all",
             enable_idempotence=True,

@@ -8,6 +8,8 @@ import time
 from collections.abc import Awaitable, Callable
 
 from meterstream import http, logs
+from meterstream.kafka_access import EXIT_REFUSED, check_or_exit
+from meterstream.pg import PostgresAccessError
 from meterstream.settings import Settings
 
 log = logs.get(__name__)
@@ -37,7 +39,10 @@ class FailureClock:
 async def serve(component: str, settings: Settings, run: Callable[[], Awaitable[None]],
                 request_stop: Callable[[], None], health: http.HealthCheck) -> None:
     """Runs ``run()`` with /metrics and /healthz up; SIGTERM or SIGINT call ``request_stop``
-    (the component flushes, commits and returns) and the process exits 0."""
+    (the component flushes, commits and returns) and the process exits 0. Kafka or Postgres
+    refusing the process's TLS or login ends it with exit code 2 and a clear error: at start
+    for Kafka (meterstream.kafka_access), at the first connection for Postgres."""
+    await check_or_exit(settings.kafka, component)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, _on_signal, component, sig, request_stop)
@@ -45,6 +50,9 @@ async def serve(component: str, settings: Settings, run: Callable[[], Awaitable[
     try:
         log.info("started", component=component, http_port=endpoint.port)
         await run()
+    except PostgresAccessError as exc:
+        log.error("postgres refuses this process; exiting", component=component, error=str(exc))
+        raise SystemExit(EXIT_REFUSED) from None
     finally:
         await endpoint.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):

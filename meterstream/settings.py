@@ -11,9 +11,9 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -24,6 +24,7 @@ from pydantic_settings import (
 # Ports of the local development services (loopback only); see meterstream/devservices.
 DEV_KAFKA_PORT = 19092
 DEV_KAFKA_CONTROLLER_PORT = 19093
+DEV_KAFKA_SASL_SSL_PORT = 19094  # the same broker's SASL_SSL (SCRAM-SHA-512) listener
 DEV_POSTGRES_PORT = 15432
 
 # the captured request headers of an httplog line, in order, when its frontend has no layout
@@ -39,15 +40,83 @@ class Section(BaseModel):
 
 
 class KafkaSettings(Section):
+    """Every Kafka client of every process (aiokafka's producers, consumers and admin clients,
+    and the faust worker) is configured from this one section (meterstream.kafka_clients);
+    docs/security.md "Kafka and Postgres TLS/SASL"."""
+
     bootstrap: str = f"127.0.0.1:{DEV_KAFKA_PORT}"
     topic_prefix: str = Field(default="", description="prepended to every topic name")
     client_id: str = "meterstream"
     request_timeout_s: float = Field(default=30.0, gt=0)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    ssl_cafile: str = Field(default="", description="PEM file of the CAs that sign the brokers' certificates; "
+                                                    "empty: the system's trust store")
+    ssl_certfile: str = Field(default="", description="PEM certificate (chain) this client presents: mutual TLS")
+    ssl_keyfile: str = Field(default="", description="PEM private key (unencrypted) of ssl_certfile")
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str = ""
+    sasl_password: SecretStr | None = Field(default=None, description="or sasl_password_file")
+    sasl_password_file: str = Field(default="", description="a file holding the password (read at each "
+                                                            "connection; surrounding whitespace is ignored)")
+    access_check_s: float = Field(default=15.0, gt=0,
+                                  description="bound of the start-up check of the brokers' TLS and SASL: a refused "
+                                              "password or an untrusted certificate ends the process (exit 2)")
+
+    @model_validator(mode="after")
+    def _security(self) -> KafkaSettings:
+        # messages name settings, never their values
+        tls = self.security_protocol in ("SSL", "SASL_SSL")
+        sasl = self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+        if not tls and (self.ssl_cafile or self.ssl_certfile or self.ssl_keyfile):
+            raise ValueError(f"kafka.ssl_* are set but kafka.security_protocol is {self.security_protocol}: "
+                             "use SSL or SASL_SSL")
+        if bool(self.ssl_certfile) != bool(self.ssl_keyfile):
+            raise ValueError("kafka.ssl_certfile and kafka.ssl_keyfile go together (mutual TLS)")
+        has_password = self.sasl_password is not None or bool(self.sasl_password_file)
+        if not sasl:
+            if self.sasl_mechanism or self.sasl_username or has_password:
+                raise ValueError(f"kafka.sasl_* are set but kafka.security_protocol is {self.security_protocol}: "
+                                 "use SASL_PLAINTEXT or SASL_SSL")
+            return self
+        if self.sasl_mechanism is None:
+            raise ValueError(f"kafka.security_protocol {self.security_protocol} needs kafka.sasl_mechanism "
+                             "(PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512)")
+        if not self.sasl_username:
+            raise ValueError(f"kafka.security_protocol {self.security_protocol} needs kafka.sasl_username")
+        if self.sasl_password is not None and self.sasl_password_file:
+            raise ValueError("kafka.sasl_password and kafka.sasl_password_file: set one of them, not both")
+        if not has_password:
+            raise ValueError(f"kafka.security_protocol {self.security_protocol} needs kafka.sasl_password "
+                             "or kafka.sasl_password_file")
+        return self
 
 
 class PostgresSettings(Section):
+    """How every process reaches Postgres (meterstream.pg): the DSN, and TLS as asyncpg does it."""
+
     dsn: SecretStr = SecretStr(f"postgresql://postgres@127.0.0.1:{DEV_POSTGRES_PORT}/meterstream")
     connect_timeout_s: float = Field(default=10.0, gt=0)
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = Field(
+        default=None, description="as libpq's; default: verify-full, or prefer in development (MS_DEV=1)")
+    sslrootcert: str = Field(default="", description="PEM file of the CAs that sign the server's certificate; "
+                                                     "empty: the system's trust store")
+
+    @field_validator("dsn")
+    @classmethod
+    def _no_tls_in_dsn(cls, dsn: SecretStr) -> SecretStr:
+        # one place says how TLS is done: the DSN's own ssl* parameters would be overridden
+        # silently (asyncpg takes the ssl argument first), so they are refused
+        from urllib.parse import parse_qs, urlsplit
+
+        try:
+            query = parse_qs(urlsplit(dsn.get_secret_value()).query)
+        except ValueError:
+            return dsn  # asyncpg says what is wrong with it when connecting
+        found = sorted(k for k in query if k.startswith("ssl"))
+        if found:
+            raise ValueError(f"postgres.dsn carries {', '.join(found)}: set postgres.sslmode and "
+                             "postgres.sslrootcert instead")
+        return dsn
 
 
 class HttpSettings(Section):
@@ -219,6 +288,7 @@ class Settings(BaseSettings):
         env_nested_delimiter="__",
         extra="forbid",
         validate_default=True,
+        hide_input_in_errors=True,  # an error names the setting, never its value (a password, a DSN)
     )
 
     kafka: KafkaSettings = KafkaSettings()

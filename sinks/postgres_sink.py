@@ -29,6 +29,7 @@ import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 
 from meterstream import logs, pg
+from meterstream.kafka_clients import client_kwargs
 from meterstream.producer import Message, RoundProducer, insist
 from meterstream.schemas import topics
 from meterstream.schemas.topics import key_of
@@ -305,7 +306,7 @@ class PostgresSink:
     async def run(self) -> None:
         s = self.settings
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka.bootstrap, group_id=self.consumer_name,
+            **client_kwargs(s.kafka), group_id=self.consumer_name,
             client_id=f"{s.kafka.client_id}-sink-postgres", enable_auto_commit=False,
             auto_offset_reset="earliest", max_poll_interval_ms=3_600_000, isolation_level="read_committed",
             fetch_max_bytes=s.sink.fetch_max_bytes, max_partition_fetch_bytes=s.sink.partition_fetch_bytes,

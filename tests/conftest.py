@@ -1,8 +1,9 @@
 """Session fixtures: one real Kafka broker and one real Postgres per test session.
 
 Services are started by the project's own dev services (idempotent: reused when running).
-Set MS_TEST_EXTERNAL=1 to use already-running services named by MS_KAFKA__BOOTSTRAP and
-MS_TEST_PG_ADMIN_DSN instead. Each test gets its own database (a copy of a migrated template)
+Set MS_TEST_EXTERNAL=1 to use already-running services named by MS_KAFKA__BOOTSTRAP (with the
+other MS_KAFKA__* settings: TLS and SASL) and MS_TEST_PG_ADMIN_DSN instead. Every Kafka client
+of the tests is made from ``services.kafka`` (meterstream.kafka_clients). Each test gets its own database (a copy of a migrated template)
 and its own topics, so tests do not interfere.
 """
 
@@ -18,14 +19,21 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from meterstream import settings as settings_mod
+from meterstream.kafka_clients import client_kwargs
 from meterstream.schemas.migrate import migrate
-from meterstream.settings import Settings
+from meterstream.settings import KafkaSettings, Settings
+
+os.environ.setdefault("MS_DEV", "1")  # development mode (meterstream.devmode), for the processes too
 
 
 @dataclass(frozen=True)
 class Services:
-    kafka_bootstrap: str
+    kafka: KafkaSettings  # the connection settings of the tests' Kafka clients
     pg_admin_dsn: str  # a superuser DSN to the `postgres` database
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return self.kafka.bootstrap
 
     def dsn(self, database: str) -> str:
         return self.pg_admin_dsn.rsplit("/", 1)[0] + "/" + database
@@ -34,12 +42,31 @@ class Services:
 @pytest.fixture(scope="session")
 def services() -> Services:
     if os.environ.get("MS_TEST_EXTERNAL"):
-        return Services(os.environ["MS_KAFKA__BOOTSTRAP"], os.environ["MS_TEST_PG_ADMIN_DSN"])
+        return Services(settings_mod.load(None).kafka, os.environ["MS_TEST_PG_ADMIN_DSN"])
     from meterstream.devservices import DevServices
 
     dev = DevServices.default()
     dev.up()
-    return Services(dev.kafka.bootstrap, dev.postgres.dsn.rsplit("/", 1)[0] + "/postgres")
+    return Services(KafkaSettings(bootstrap=dev.kafka.bootstrap), dev.postgres.dsn.rsplit("/", 1)[0] + "/postgres")
+
+
+@pytest.fixture(scope="session")
+def secure_kafka(services: Services) -> KafkaSettings:
+    """Client settings of the broker's SASL_SSL listener (SCRAM-SHA-512, the development CA):
+    the dev services' own, or with MS_TEST_EXTERNAL those of MS_TEST_KAFKA_SASL_SSL_BOOTSTRAP
+    and MS_TEST_KAFKA_TLS_DIR (a directory laid out as meterstream.devservices.kafka_tls's)."""
+    from pathlib import Path
+
+    from meterstream.devservices.kafka_tls import KafkaTls
+
+    if os.environ.get("MS_TEST_EXTERNAL"):
+        bootstrap, tls = os.environ.get("MS_TEST_KAFKA_SASL_SSL_BOOTSTRAP"), os.environ.get("MS_TEST_KAFKA_TLS_DIR")
+        if not (bootstrap and tls):
+            pytest.skip("no SASL_SSL listener named (MS_TEST_KAFKA_SASL_SSL_BOOTSTRAP, MS_TEST_KAFKA_TLS_DIR)")
+        return KafkaSettings(**KafkaTls(Path(tls)).client_settings(bootstrap))
+    from meterstream.devservices import DevServices
+
+    return DevServices.default().kafka.secure_settings()
 
 
 def unique(prefix: str) -> str:
@@ -104,7 +131,7 @@ async def pg(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
 @pytest.fixture
 async def new_topic(services: Services) -> AsyncIterator[Callable[..., Awaitable[str]]]:
     """Creates topics with unique names for this test; deletes them afterwards."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(**client_kwargs(services.kafka))
     await admin.start()
     created: list[str] = []
 
@@ -127,11 +154,10 @@ async def ms_topics(services: Services) -> AsyncIterator[Settings]:
     (2 partitions each); every topic with the prefix is deleted afterwards."""
     from meterstream.kafka import delete_topics_with_prefix, ensure_topics
 
-    settings = settings_mod.load(None, kafka={"bootstrap": services.kafka_bootstrap,
-                                              "topic_prefix": unique("t") + "."})
+    settings = settings_mod.load(None, kafka={**services.kafka.model_dump(), "topic_prefix": unique("t") + "."})
     await ensure_topics(settings, partitions=2)
     yield settings
-    await delete_topics_with_prefix(services.kafka_bootstrap, settings.kafka.topic_prefix)
+    await delete_topics_with_prefix(settings)
 
 
 @pytest.fixture
@@ -139,7 +165,7 @@ def settings_for(services: Services) -> Callable[..., Settings]:
     """Settings pointing at the test services (and a given database)."""
 
     def make(dsn: str | None = None, **overrides: object) -> Settings:
-        base: dict[str, object] = {"kafka": {"bootstrap": services.kafka_bootstrap}}
+        base: dict[str, object] = {"kafka": services.kafka.model_dump()}
         if dsn is not None:
             base["postgres"] = {"dsn": dsn}
         return settings_mod.load(None, **{**base, **overrides})

@@ -7,8 +7,12 @@ from pathlib import Path
 import faust
 import orjson
 
+from meterstream import settings as settings_mod
+from meterstream.kafka_clients import faust_credentials
+
 app = faust.App(
     os.environ["PROBE_APP"], broker=f"kafka://{os.environ['PROBE_BOOTSTRAP']}", store="memory://",
+    broker_credentials=faust_credentials(settings_mod.load(None).kafka),  # MS_KAFKA__*: TLS, SASL
     processing_guarantee="exactly_once", topic_partitions=2, web_enabled=False,
     datadir=os.environ["PROBE_DATADIR"],
 )

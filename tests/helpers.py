@@ -17,6 +17,9 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from meterstream.kafka_clients import client_kwargs
+from meterstream.settings import KafkaSettings
+
 ROOT = Path(__file__).resolve().parent.parent
 
 LINE_TEMPLATE = (
@@ -33,6 +36,15 @@ def json_line(i: int, tag: str = "t") -> str:
     """A line as deploy/haproxy/haproxy.cfg logs it, with a unique request id."""
     return LINE_TEMPLATE.format(ts=1_795_600_000 + i // 1000, ms=i % 1000, rid=f"{tag}-{i:09d}",
                                 fp=FINGERPRINTS[i % len(FINGERPRINTS)], bytes=100 + i % 900)
+
+
+def kafka_env(kafka: KafkaSettings) -> dict[str, str]:
+    """The MS_KAFKA__* environment that gives a process these Kafka settings (TLS, SASL)."""
+    env = {f"MS_KAFKA__{name.upper()}": str(value) for name, value in kafka.model_dump().items()
+           if value not in (None, "") and name != "sasl_password"}
+    if kafka.sasl_password is not None:
+        env["MS_KAFKA__SASL_PASSWORD"] = kafka.sasl_password.get_secret_value()
+    return env
 
 
 def require(tool: str) -> str:
@@ -109,11 +121,11 @@ class Process:
         return self.proc is not None and self.proc.poll() is None
 
 
-async def consume(bootstrap: str, topic: str, *, expect: int | None = None, quiet_s: float = 3.0,
+async def consume(kafka: KafkaSettings, topic: str, *, expect: int | None = None, quiet_s: float = 3.0,
                   timeout_s: float = 120.0, until: Callable[[list], bool] | None = None) -> list:
     """Every message of ``topic`` (decoded JSON values with keys), read until ``expect``
     messages arrived (or ``until`` holds) and then ``quiet_s`` without more."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+    consumer = AIOKafkaConsumer(topic, **client_kwargs(kafka), auto_offset_reset="earliest",
                                 enable_auto_commit=False)
     await consumer.start()
     out: list = []

@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from meterstream import settings as settings_mod
 from meterstream.kafka import delete_topics_with_prefix
 from tests.conftest import Services
 
@@ -133,4 +134,5 @@ async def test_demo_runs_the_pipeline_and_is_idempotent(tmp_path: Path, services
     finally:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
-        await delete_topics_with_prefix(services.kafka_bootstrap, prefix)
+        await delete_topics_with_prefix(settings_mod.load(None, kafka={**services.kafka.model_dump(),
+                                                                        "topic_prefix": prefix}))

@@ -142,4 +142,4 @@ async def test_closed_loop_through_haproxy(services: Services, pg_dsn: str, pg: 
                 p.kill9()
         proxy.stop()
         backend.stop()
-        await delete_topics_with_prefix(services.kafka_bootstrap, settings.kafka.topic_prefix)
+        await delete_topics_with_prefix(settings)

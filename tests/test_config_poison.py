@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 
 from meterstream import sample
 from meterstream.kafka import read_to_end
+from meterstream.kafka_clients import client_kwargs
 from meterstream.schemas.apikeys import key_hash
 from meterstream.schemas.money import CENTS_MAX
 from meterstream.settings import Settings
@@ -66,7 +67,7 @@ async def test_vault_leaves_out_bad_rows_dead_letters_foreign_keys_and_ignores_b
                                                   window_label, at, region_id)
                         VALUES ('g', $1, 3, 'rate_exceeded', 1, 1, $2, now(), 1)""", GLOBEX, "r1:" + "9" * 90)
     updates = ms_topics.topic("vault.updates")
-    producer = AIOKafkaProducer(bootstrap_servers=ms_topics.kafka.bootstrap, acks="all")
+    producer = AIOKafkaProducer(**client_kwargs(ms_topics.kafka), acks="all")
     await producer.start()
     try:
         foreign = await producer.send_and_wait(updates, b'{"junk": 1}', key=b"not-a-customer")

@@ -14,6 +14,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from meterstream.kafka_clients import client_kwargs
 from tests.conftest import Services
 from tests.helpers import ROOT, wait_for
 
@@ -38,7 +39,7 @@ async def test_agent_table_exactly_once_and_recovery(
     services: Services, new_topic, tmp_path: Path  # noqa: ANN001
 ) -> None:
     topic = await new_topic("faust_src", partitions=2)
-    producer = AIOKafkaProducer(bootstrap_servers=services.kafka_bootstrap)
+    producer = AIOKafkaProducer(**client_kwargs(services.kafka))
     await producer.start()
     try:
         for i in range(30):

@@ -64,7 +64,7 @@ async def test_every_logged_request_is_a_record(
             sent.append(("unknown", status, size, None))
         status, _, size = proxy.request()
         sent.append(("none", status, size, None))
-        records = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=len(sent))
+        records = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs"), expect=len(sent))
     finally:
         tailer.terminate()
         proxy.stop()

@@ -11,6 +11,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from meterstream.kafka import ensure_topics
+from meterstream.kafka_clients import client_kwargs
 from meterstream.schemas import decode, encode
 from meterstream.schemas.topics import TOPICS, key_of
 from meterstream.settings import Settings
@@ -24,7 +25,7 @@ async def test_every_model_round_trips_through_kafka(
     services: Services, new_topic: Callable[..., Awaitable[str]]
 ) -> None:
     topics = {name: await new_topic(name) for name in EXAMPLES}
-    producer = AIOKafkaProducer(bootstrap_servers=services.kafka_bootstrap, acks="all",
+    producer = AIOKafkaProducer(**client_kwargs(services.kafka), acks="all",
                                 enable_idempotence=True)
     await producer.start()
     try:
@@ -33,7 +34,7 @@ async def test_every_model_round_trips_through_kafka(
     finally:
         await producer.stop()
 
-    consumer = AIOKafkaConsumer(*topics.values(), bootstrap_servers=services.kafka_bootstrap,
+    consumer = AIOKafkaConsumer(*topics.values(), **client_kwargs(services.kafka),
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     received = {}
@@ -57,11 +58,11 @@ async def test_every_model_round_trips_through_kafka(
 async def test_ensure_topics_creates_spec_topics_with_compaction(
     services: Services, settings_for: Callable[..., Settings]
 ) -> None:
-    settings = settings_for(kafka={"bootstrap": services.kafka_bootstrap,
+    settings = settings_for(kafka={**services.kafka.model_dump(),
                                    "topic_prefix": f"t{uuid.uuid4().hex[:8]}."})
     created = await ensure_topics(settings, partitions=2)
     assert sorted(created) == sorted(settings.topic(n) for n in TOPICS)
-    leaders = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+    leaders = AIOKafkaAdminClient(**client_kwargs(settings.kafka))
     await leaders.start()
     try:  # usable at once: every partition already has a leader when ensure_topics returns
         described = await leaders.describe_topics(created)
@@ -69,7 +70,7 @@ async def test_ensure_topics_creates_spec_topics_with_compaction(
     finally:
         await leaders.close()
     assert await ensure_topics(settings, partitions=2) == []
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+    admin = AIOKafkaAdminClient(**client_kwargs(settings.kafka))
     await admin.start()
     try:
         described = await admin.describe_configs(

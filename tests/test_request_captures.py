@@ -213,7 +213,7 @@ async def test_syslog_receiver_honours_the_setting(ms_topics: Settings, tmp_path
         wait_for(lambda: orjson.loads(proc.get("/healthz")[1])["udp_port"] is not None, 30, "listening")
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.sendto(f"<134>Nov 25 16:50:01 edge1 haproxy[99]: {line()}".encode(), ("127.0.0.1", udp))
-        records = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=1)
+        records = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs"), expect=1)
     finally:
         assert proc.terminate() == 0
     assert [v["api_key_fp"] for _, v in records] == [FP]

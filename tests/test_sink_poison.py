@@ -15,6 +15,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from meterstream.kafka import read_to_end
+from meterstream.kafka_clients import client_kwargs
 from meterstream.schemas import LimitEvent, LimitKind, UsageWindow
 from meterstream.schemas.enums import Network, ServiceType
 from meterstream.schemas.topics import key_of
@@ -36,7 +37,7 @@ def poisoned(i: int, **fields: object) -> bytes:
 
 async def send(settings: Settings, messages: list[tuple[str, bytes | None, bytes | None]]) -> list[tuple[int, int]]:
     """(topic, key, value) in order, each acknowledged; returns their (partition, offset)."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**client_kwargs(settings.kafka), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         out = []

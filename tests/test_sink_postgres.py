@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from meterstream.kafka_clients import client_kwargs
 from meterstream.schemas import LimitEvent, LimitKind, UsageWindow
 from meterstream.schemas.enums import Network, ServiceType
 from meterstream.schemas.topics import key_of
@@ -31,7 +32,7 @@ async def produce(settings: Settings, ids: list[int], extra: list[bytes] = (),  
                   values: list = ()) -> int:  # noqa: B006
     """Sends records ``ids`` to haproxy.logs, ``extra`` raw junk there, and ``values`` (usage
     windows, limit events) to their topics."""
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**client_kwargs(settings.kafka), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         topic = settings.topic("haproxy.logs")
@@ -176,7 +177,7 @@ async def test_usage_windows_roll_up_and_limit_events_once(
     events = [LimitEvent(event_id=f"42:-:spend_warning:rolling_30d:{n}", customer_id=42,
                          kind=LimitKind.SPEND_WARNING, observed=80, limit=80, window="rolling_30d:1",
                          at=hour) for n in (1, 1, 2)]
-    producer = AIOKafkaProducer(bootstrap_servers=ms_topics.kafka.bootstrap, acks="all", enable_idempotence=True)
+    producer = AIOKafkaProducer(**client_kwargs(ms_topics.kafka), acks="all", enable_idempotence=True)
     await producer.start()
     try:
         for topic, values in (("meter.usage", usage), ("meter.breaches", events)):

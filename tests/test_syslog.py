@@ -43,8 +43,8 @@ async def test_udp_and_tcp_framings(ms_topics: Settings, tmp_path: Path) -> None
             for i in (5, 6):
                 message = f"<134>1 2026-11-25T16:50:01.123Z edge1 haproxy 99 - - {json_line(i)}".encode()
                 s.sendall(str(len(message)).encode() + b" " + message)
-        records = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=7)
-        dead = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs.rejected"), expect=2)
+        records = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs"), expect=7)
+        dead = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs.rejected"), expect=2)
     finally:
         assert proc.terminate() == 0
     got = sorted(v["request_id"] for _, v in records)
@@ -67,7 +67,7 @@ async def test_haproxy_sends_rfc5424_over_udp(ms_topics: Settings, tmp_path: Pat
     try:
         for _ in range(10):
             assert proxy.request(key="SnotInTheVault")[0] == 401
-        records = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=10)
+        records = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs"), expect=10)
         wait_for(lambda: proc.metric("meterstream_ingest_lines_read_total", 'input="syslog_udp"') == 10, 5, "count")
     finally:
         proxy.stop()

@@ -16,6 +16,7 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from meterstream.kafka_clients import client_kwargs
 from meterstream.settings import Settings
 from tests.helpers import Process, async_wait_for, consume, json_line, wait_for
 from tests.test_parser import HTTPLOG
@@ -59,7 +60,7 @@ def closed_by_peer(conn: socket.socket, timeout: float) -> bool:
 
 
 async def set_max_message_bytes(settings: Settings, topic: str, value: int) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka.bootstrap)
+    admin = AIOKafkaAdminClient(**client_kwargs(settings.kafka))
     await admin.start()
     try:
         await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topic(topic),
@@ -108,7 +109,7 @@ async def test_queue_bounded_in_bytes_tcp_waits_udp_drops(ms_topics: Settings, t
 
         for topic in ("haproxy.logs", "haproxy.logs.rejected"):
             await set_max_message_bytes(ms_topics, topic, 1_048_588)
-        records = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"),
+        records = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs"),
                                 until=lambda out: len({v["request_id"] for _, v in out}) >= lines, quiet_s=1)
         sender.join(30)
         assert sent["done"] and proc.running()
@@ -136,7 +137,7 @@ async def test_connection_limit(ms_topics: Settings, tmp_path: Path) -> None:
         with socket.create_connection(("127.0.0.1", tcp)) as fourth:
             fourth.sendall(f"{json_line(5)}\n".encode())
             second.close()
-            records = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=5, quiet_s=1)
+            records = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs"), expect=5, quiet_s=1)
         third.close()
         assert proc.running()
         assert metric(proc, "syslog_connections_refused_total", 'reason="too_many_connections"') == 1
@@ -161,7 +162,7 @@ async def test_idle_timeout(ms_topics: Settings, tmp_path: Path) -> None:
             assert time.monotonic() - started > 4
             assert metric(proc, "syslog_connections_closed_total", 'reason="idle_timeout"') == 1
             assert metric(proc, "syslog_connections") == 1
-            records = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=19, quiet_s=1)
+            records = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs"), expect=19, quiet_s=1)
         assert proc.running()
     finally:
         assert proc.terminate() == 0
@@ -189,7 +190,7 @@ async def test_udp_senders_bounded_and_forgotten(ms_topics: Settings, tmp_path: 
         assert len(ports) > 150 and forgotten >= len(ports) - 20
         wait_for(lambda: metric(proc, "syslog_udp_senders") == 0, 10, "idle senders forgotten")
         assert metric(proc, "syslog_udp_senders_forgotten_total", 'reason="idle"') >= 1
-        records = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=200, quiet_s=1)
+        records = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs"), expect=200, quiet_s=1)
         assert proc.running()
     finally:
         assert proc.terminate() == 0
@@ -210,10 +211,10 @@ async def test_over_long_lines_on_tcp(ms_topics: Settings, tmp_path: Path) -> No
             conn.sendall(f"{json_line(1)}\n".encode() + b"y" * 1_000_000 + b"\n" + f"{json_line(2)}\n".encode())
             conn.sendall(octets(b"<134>" + b"z" * 100_000) + octets(rfc5424(json_line(3))))
             conn.sendall(b"7" * 200_000 + b"\n" + f"{json_line(4)}\n".encode())
-            records = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=4, quiet_s=1)
+            records = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs"), expect=4, quiet_s=1)
             conn.sendall(f"{json_line(5)}\n".encode())  # the same connection, still read
-            more = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=5, quiet_s=1)
-        dead = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs.rejected"), expect=3, quiet_s=1)
+            more = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs"), expect=5, quiet_s=1)
+        dead = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs.rejected"), expect=3, quiet_s=1)
         assert proc.running() and metric(proc, "rejected_total", 'reason="line_too_long"') == 3
     finally:
         assert proc.terminate() == 0
@@ -232,8 +233,8 @@ async def test_httplog_line_starting_with_a_digit_is_newline_framed(ms_topics: S
     try:
         with socket.create_connection(("127.0.0.1", tcp)) as conn:
             conn.sendall(f"{json_line(1)}\n{HTTPLOG}\n{json_line(2)}\n{HTTPLOG}\r\n{json_line(3)}\n".encode())
-        records = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=5, quiet_s=1)
-        dead = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs.rejected"), quiet_s=1)
+        records = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs"), expect=5, quiet_s=1)
+        dead = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs.rejected"), quiet_s=1)
         assert proc.running()
     finally:
         assert proc.terminate() == 0
@@ -254,8 +255,8 @@ async def test_octet_counted_frames_still_work(ms_topics: Settings, tmp_path: Pa
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             for i in range(0, len(data), 7):
                 conn.sendall(data[i:i + 7])
-        records = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=4, quiet_s=1)
-        dead = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs.rejected"), quiet_s=1)
+        records = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs"), expect=4, quiet_s=1)
+        dead = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs.rejected"), quiet_s=1)
         assert proc.running()
     finally:
         assert proc.terminate() == 0
@@ -286,12 +287,12 @@ async def test_allow_list(ms_topics: Settings, tmp_path: Path) -> None:
         wait_for(lambda: metric(proc, "syslog_dropped_total", 'reason="not_allowed"') == 5, 10, "udp drops")
         assert metric(proc, "syslog_connections_refused_total", 'reason="not_allowed"') == 1
         assert metric(proc, "lines_read_total", 'input="syslog_udp"') == 1
-        records = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=2, quiet_s=1)
+        records = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs"), expect=2, quiet_s=1)
         assert proc.running()
     finally:
         assert proc.terminate() == 0
     assert sorted(v["request_id"] for _, v in records) == ["t-000000001", "t-000000002"]
-    assert await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs.rejected"), quiet_s=1) == []
+    assert await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs.rejected"), quiet_s=1) == []
 
     proc6, udp6, tcp6 = receiver(ms_topics, tmp_path, {"MS_SYSLOG__ALLOWED_NETWORKS": '["::1/128"]'}, host="::1")
     try:
@@ -299,7 +300,7 @@ async def test_allow_list(ms_topics: Settings, tmp_path: Path) -> None:
             s.sendto(json_line(3).encode(), ("::1", udp6))
         with socket.create_connection(("::1", tcp6)) as conn:
             conn.sendall(f"{json_line(4)}\n".encode())
-        records = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=4, quiet_s=1)
+        records = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs"), expect=4, quiet_s=1)
     finally:
         assert proc6.terminate() == 0
     assert sorted(v["request_id"] for _, v in records) == [f"t-{i:09d}" for i in range(1, 5)]
@@ -338,7 +339,7 @@ async def test_allow_list_default_is_loopback_only(ms_topics: Settings, tmp_path
                 conn.sendall(f"{json_line(10 + i)}\n".encode())
         wait_for(lambda: metric(proc, "syslog_dropped_total", 'reason="not_allowed"') == len(outside), 10, "drops")
         assert metric(proc, "syslog_connections_refused_total", 'reason="not_allowed"') == len(outside)
-        records = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=4, quiet_s=1)
+        records = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs"), expect=4, quiet_s=1)
         assert "syslog.allowed_networks accepts loopback senders only" in (tmp_path / "syslog.log").read_text()
     finally:
         assert proc.terminate() == 0

@@ -46,8 +46,8 @@ async def test_bad_input_goes_to_dead_letters_and_sigterm_checkpoints(
     offsets = [sum(len(p) + 1 for p in parts[:i]) for i in range(len(parts))]
     proc = tail(ms_topics, tmp_path, log).start()
     try:
-        records = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=2)
-        dead = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs.rejected"), expect=4)
+        records = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs"), expect=2)
+        dead = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs.rejected"), expect=4)
         assert sorted(ids(records)) == ["t-000000000", "t-000000001"]
         by_offset = {v["position"]["offset"]: v for _, v in dead}
         assert sorted(by_offset) == offsets[1:5]
@@ -144,13 +144,13 @@ async def test_rotation_by_rename_and_copytruncate_loses_and_doubles_nothing(
         wait_for(lambda: proc.metric("meterstream_ingest_records_produced_total") == 1, 30, "following")
         thread.start()
         thread.join(120)
-        messages = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=total)
+        messages = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs"), expect=total)
     finally:
         assert proc.terminate() == 0
     got = ids(messages)
     assert len(got) == total, f"{len(got)} records for {total} lines"
     assert set(got) == {f"t-{i:09d}" for i in range(total)}
-    dead = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs.rejected"), quiet_s=1)
+    dead = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs.rejected"), quiet_s=1)
     assert dead == []
 
 
@@ -176,7 +176,7 @@ async def test_kill_9_repeats_lines_but_loses_none(ms_topics: Settings, tmp_path
         progress.append(max(e.offset for e in store.load().streams.values()))
         assert progress[-1] < size, "killed too late: the file was already done"
         proc.start()
-    messages = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"),
+    messages = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs"),
                              until=lambda got: len({v["request_id"] for _, v in got}) >= total)
     assert proc.terminate() == 0
     got = ids(messages)
@@ -216,7 +216,7 @@ async def test_broker_away_for_30_seconds_loses_nothing(
             assert proc.metric("meterstream_ingest_records_produced_total") < written
         finally:
             await asyncio.to_thread(broker.start)  # its readiness check runs its own loop
-        messages = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"),
+        messages = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs"),
                                  until=lambda got: len({v["request_id"] for _, v in got}) >= written)
         assert set(ids(messages)) == {f"t-{i:09d}" for i in range(written)}
     finally:
@@ -230,7 +230,7 @@ async def test_once_stops_when_caught_up(ms_topics: Settings, tmp_path: Path) ->
     proc.args.insert(1, "--once")
     proc.start()
     assert proc.proc is not None and proc.proc.wait(60) == 0
-    messages = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=3000)
+    messages = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs"), expect=3000)
     assert sorted(ids(messages)) == [f"t-{i:09d}" for i in range(3000)]
     assert [e.offset for e in CheckpointStore(tmp_path / "checkpoint").load().streams.values()] == [log.stat().st_size]
 
@@ -267,8 +267,8 @@ async def test_poison_lines_are_dead_letters_and_the_tailer_goes_on(ms_topics: S
     proc = tail(ms_topics, tmp_path, log, odd,
                 MS_PARSE__REQUEST_CAPTURES='{"fe_plain": ["host", "api_key_fp"]}').start()
     try:
-        records = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs"), expect=5)
-        dead = await consume(ms_topics.kafka.bootstrap, ms_topics.topic("haproxy.logs.rejected"),
+        records = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs"), expect=5)
+        dead = await consume(ms_topics.kafka, ms_topics.topic("haproxy.logs.rejected"),
                              expect=len(poison) + 1)
         assert proc.running()
         assert sorted(v["request_id"] for _, v in records if v["request_id"].startswith("t-")) == [

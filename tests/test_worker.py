@@ -13,6 +13,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from meterstream.kafka_clients import client_kwargs
 from meterstream.schemas import topics
 from meterstream.schemas.usage import COUNTS
 from meterstream.settings import Settings
@@ -36,7 +37,7 @@ class Outputs:
     async def __aenter__(self) -> Outputs:
         names = {self.settings.topic(n): n for n in (topics.METER_USAGE, topics.METER_BREACHES,
                                                      topics.HAPROXY_LOGS_REJECTED)}
-        self.consumer = AIOKafkaConsumer(*names, bootstrap_servers=self.settings.kafka.bootstrap,
+        self.consumer = AIOKafkaConsumer(*names, **client_kwargs(self.settings.kafka),
                                          auto_offset_reset="earliest", enable_auto_commit=False)
         await self.consumer.start()
 
@@ -89,7 +90,7 @@ class Outputs:
 
 async def publish(settings: Settings, corpus: Corpus, *, config: bool = True, records: slice = slice(None),
                   pace: float = 0.0) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, enable_idempotence=True,
+    producer = AIOKafkaProducer(**client_kwargs(settings.kafka), enable_idempotence=True,
                                 linger_ms=5)
     await producer.start()
     try:

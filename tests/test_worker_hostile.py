@@ -17,6 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
 from meterstream.kafka import read_records_to_end
+from meterstream.kafka_clients import client_kwargs
 from meterstream.schemas import topics
 from meterstream.schemas.config import ApiKeyState, CustomerState, InstanceState
 from meterstream.schemas.enums import ServiceType, Tier
@@ -34,7 +35,7 @@ MAX_BYTES = 2**53 - 1  # bytes_sent's bound
 
 
 async def send(settings: Settings, messages: list[tuple[str, bytes | None, bytes | None]]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka.bootstrap, enable_idempotence=True, linger_ms=5,
+    producer = AIOKafkaProducer(**client_kwargs(settings.kafka), enable_idempotence=True, linger_ms=5,
                                 max_batch_size=512 * 1024)
     await producer.start()
     try:
@@ -161,7 +162,7 @@ async def test_an_unknown_key_flood_leaves_every_count_exact(ms_topics: Settings
     finally:
         if proc.running():
             proc.kill9()
-    admin = AIOKafkaAdminClient(bootstrap_servers=ms_topics.kafka.bootstrap)
+    admin = AIOKafkaAdminClient(**client_kwargs(ms_topics.kafka))
     await admin.start()
     try:
         written = [t for t in await admin.list_topics() if t.startswith(ms_topics.kafka.topic_prefix)
@@ -178,7 +179,7 @@ async def test_an_unknown_key_flood_leaves_every_count_exact(ms_topics: Settings
 async def test_a_message_the_broker_refuses_does_not_hang_the_worker(ms_topics: Settings, tmp_path: Path) -> None:
     """meter.usage refuses every message (max.message.bytes 100): the worker dead-letters the
     windows it cannot publish, says so (metric, /healthz 503) and meters everything else."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=ms_topics.kafka.bootstrap)
+    admin = AIOKafkaAdminClient(**client_kwargs(ms_topics.kafka))
     await admin.start()
     try:
         await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, ms_topics.topic(topics.METER_USAGE),

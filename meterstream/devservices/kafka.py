@@ -1,4 +1,10 @@
-"""A single-node KRaft Apache Kafka broker, run from the Maven Central jars on loopback."""
+"""A single-node KRaft Apache Kafka broker, run from the Maven Central jars on loopback.
+
+Two client listeners: PLAINTEXT (development) and SASL_SSL with SCRAM-SHA-512, whose CA,
+certificates and SCRAM user the set-up makes (meterstream.devservices.kafka_tls). ``up`` on a
+broker of ours whose configuration is outdated (written by an older set-up, or TLS files made
+anew) restarts it once with the new one; the data stays.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass
@@ -23,7 +30,8 @@ from meterstream.devservices.system import (
     run,
     terminate,
 )
-from meterstream.settings import DEV_KAFKA_CONTROLLER_PORT, DEV_KAFKA_PORT
+from meterstream.devservices.kafka_tls import SCRAM_MECHANISM, SCRAM_USER, KafkaTls
+from meterstream.settings import DEV_KAFKA_CONTROLLER_PORT, DEV_KAFKA_PORT, DEV_KAFKA_SASL_SSL_PORT, KafkaSettings
 
 # The broker's heap is bounded so the test suite fits a 2-core, 24 GiB machine.
 JVM_OPTS = [
@@ -75,10 +83,24 @@ class KafkaBroker:
     root: Path
     port: int = DEV_KAFKA_PORT
     controller_port: int = DEV_KAFKA_CONTROLLER_PORT
+    sasl_ssl_port: int = DEV_KAFKA_SASL_SSL_PORT
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        return f"127.0.0.1:{self.sasl_ssl_port}"
+
+    @property
+    def tls(self) -> KafkaTls:
+        return KafkaTls(self.root / "tls")
+
+    def secure_settings(self, *, mutual: bool = False) -> KafkaSettings:
+        """Client settings of the SASL_SSL listener (SCRAM-SHA-512, the development CA; with
+        the client certificate too when ``mutual``)."""
+        return KafkaSettings(**self.tls.client_settings(self.sasl_ssl_bootstrap, mutual=mutual))
 
     @property
     def pidfile(self) -> Path:
@@ -110,18 +132,23 @@ class KafkaBroker:
         return target / "libs", done
 
     # -- configure -------------------------------------------------------------------------
-    def _write_config(self) -> Path:
-        self.root.mkdir(parents=True, exist_ok=True)
-        self.logs.mkdir(exist_ok=True)
+    @property
+    def config_path(self) -> Path:
+        return self.root / "server.properties"
+
+    def _config_text(self) -> str:
+        """server.properties as this set-up writes it (the TLS files must exist)."""
         props = {
             "process.roles": "broker,controller",
             "node.id": "1",
             "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port},"
+                         f"SASL_SSL://127.0.0.1:{self.sasl_ssl_port}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port},SASL_SSL://127.0.0.1:{self.sasl_ssl_port}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_SSL:SASL_SSL",
+            **self.tls.listener_properties("SASL_SSL"),
             "log.dirs": str(self.root / "data"),
             "num.partitions": "1",
             "offsets.topic.replication.factor": "1",
@@ -137,10 +164,28 @@ class KafkaBroker:
             "log.retention.hours": "24",
             "delete.topic.enable": "true",
         }
-        path = self.root / "server.properties"
-        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        # the TLS files' digest: new files make the configuration outdated, so the broker reloads them
+        header = f"# written by meterstream dev up; tls {self.tls.fingerprint()}\n"
+        return header + "".join(f"{k}={v}\n" for k, v in props.items())
+
+    def _write_config(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.logs.mkdir(exist_ok=True)
+        path = self.config_path
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds the keystore password
+        with os.fdopen(fd, "w") as out:
+            out.write(self._config_text())
+        path.chmod(0o600)
         (self.root / "log4j2.properties").write_text(LOG4J2.format(logs=self.logs))
         return path
+
+    def outdated(self) -> bool:
+        """True when the running broker was started with another configuration than this
+        set-up writes (an older set-up's, without the SASL_SSL listener; or other TLS files)."""
+        try:
+            return self.config_path.read_text() != self._config_text()
+        except OSError:
+            return True
 
     def _java(self, libs: Path, main: str, *args: str) -> list[str]:
         return ["java", *JVM_OPTS,
@@ -155,18 +200,70 @@ class KafkaBroker:
     # -- run ---------------------------------------------------------------------------------
     def up(self) -> list[str]:
         libs, done = self.libs()
+        done += self.tls.ensure()
         if read_pid(self.pidfile) is None and port_open(self.port):
             if self.ready(timeout_s=30):
-                return [*done, f"kafka: reusing a broker already on {self.bootstrap}"]
+                # not ours: never restarted, whatever its configuration
+                return [*done, f"kafka: reusing a broker already on {self.bootstrap} (its SASL_SSL listener, if "
+                               "any, is not this set-up's)"]
             raise ServiceError(f"port {self.port} is taken by something that is not a Kafka broker")
         if read_pid(self.pidfile) is not None and self.ready(timeout_s=60):
-            return [*done, f"kafka: running on {self.bootstrap} ({self.root})"]
+            if not self.outdated():
+                return [*done, *self._ensure_scram_user(libs), f"kafka: running on {self.bootstrap} and "
+                                                               f"{self.sasl_ssl_bootstrap} (SASL_SSL) ({self.root})"]
+            started = time.monotonic()
+            self.stop()
+            self.start(libs)
+            done.append(f"kafka: restarted with the new configuration (SASL_SSL listener on {self.sasl_ssl_bootstrap}) "
+                        f"in {time.monotonic() - started:.1f} s")
+            return [*done, *self._ensure_scram_user(libs), f"kafka: running on {self.bootstrap} ({self.root})"]
         self.start(libs)
-        return [*done, f"kafka: started on {self.bootstrap} ({self.root})"]
+        return [*done, *self._ensure_scram_user(libs),
+                f"kafka: started on {self.bootstrap} and {self.sasl_ssl_bootstrap} (SASL_SSL) ({self.root})"]
+
+    def _ensure_scram_user(self, libs: Path) -> list[str]:
+        """The SCRAM user exists with the password of its file: checked by logging in on the
+        SASL_SSL listener; (re)set through the plaintext listener when refused."""
+        from meterstream.kafka_access import KafkaAccessRefused, check
+
+        settings = self.secure_settings().model_copy(update={"access_check_s": 10.0})
+        try:
+            unanswered = asyncio.run(check(settings))
+        except KafkaAccessRefused:
+            unanswered = "refused"
+        if unanswered is None:
+            return []
+        password = self.tls.password_file.read_text().strip()
+        with tempfile.TemporaryDirectory() as tmp:
+            # the password goes in a java @argfile, not on a command line (ConfigCommand's own
+            # --add-config-file refuses SCRAM credentials in Kafka 4.1)
+            argfile = Path(tmp) / "scram.args"
+            fd = os.open(argfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as out:
+                out.write("\n".join(["kafka.admin.ConfigCommand", "--bootstrap-server", self.bootstrap, "--alter",
+                                     "--entity-type", "users", "--entity-name", SCRAM_USER, "--add-config",
+                                     f"{SCRAM_MECHANISM}=[password={password}]"]) + "\n")
+            java = self._java(libs, "kafka.admin.ConfigCommand")[:-1]  # the JVM's options and class path
+            proc = subprocess.run([*java, f"@{argfile}"], capture_output=True, text=True)
+            if proc.returncode != 0:
+                said = (proc.stdout[-1000:] + proc.stderr[-1000:]).replace(password, "***")
+                raise ServiceError(f"kafka: setting the SCRAM user {SCRAM_USER} failed ({proc.returncode}): {said}")
+        deadline = time.monotonic() + 30
+        while True:  # the credential reaches the listener through the metadata log
+            try:
+                if asyncio.run(check(settings)) is None:
+                    return [f"kafka: SCRAM user {SCRAM_USER} set ({SCRAM_MECHANISM})"]
+            except KafkaAccessRefused as exc:
+                if time.monotonic() > deadline:
+                    raise ServiceError(f"kafka: the SCRAM user does not log in: {exc}") from None
+            if time.monotonic() > deadline:
+                raise ServiceError(f"kafka: the SASL_SSL listener on {self.sasl_ssl_bootstrap} does not answer")
+            time.sleep(0.5)
 
     def start(self, libs: Path | None = None) -> None:
         if libs is None:
             libs, _ = self.libs()
+        self.tls.ensure()
         config = self._write_config()
         if not (self.root / "data" / "meta.properties").exists():
             self._format(libs, config)
@@ -207,7 +304,11 @@ class KafkaBroker:
         owned = read_pid(self.pidfile) is not None
         if not port_open(self.port):
             return "stopped"
-        return f"running on {self.bootstrap}" + ("" if owned else " (not started by us)")
+        if not owned:
+            return f"running on {self.bootstrap} (not started by us)"
+        secure = f", SASL_SSL on {self.sasl_ssl_bootstrap}" if port_open(self.sasl_ssl_port) else ""
+        return f"running on {self.bootstrap}{secure}" + (" (configuration outdated: `up` restarts it)"
+                                                         if self.tls.ca.exists() and self.outdated() else "")
 
 
 async def _answers(bootstrap: str) -> bool:
