@@ -9,23 +9,67 @@ from typing import Any
 
 import click
 
-from meterstream import __version__, logs
+from meterstream import __version__, builtin_keys, devmode, logs
 from meterstream import settings as settings_mod
 from meterstream.settings import Settings
 
 
+class ConfigurationRefused(click.ClickException):
+    """The configuration does not load, or may not run here: exit 2, one line per problem,
+    never a secret's value (docs/security.md)."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+
+    def format_message(self) -> str:
+        return "configuration: " + self.message.replace("\n", "\nconfiguration: ")
+
+
 class Context:
+    """The settings of this run, loaded when a command first needs them (so that a
+    subcommand's --help works whatever the configuration holds)."""
+
     def __init__(self, config: str | None, log_level: str | None, log_format: str | None) -> None:
-        overrides: dict[str, Any] = {}
+        self.config = config
+        self.overrides: dict[str, Any] = {}
         if log_level:
-            overrides["log_level"] = log_level
+            self.overrides["log_level"] = log_level
         if log_format:
-            overrides["log_format"] = log_format
+            self.overrides["log_format"] = log_format
+        self._settings: Settings | None = None
+
+    def load(self) -> Settings:
+        """The settings, or ConfigurationRefused when they do not load (no refusal of
+        built-in keys here: `meterstream check` reports those itself)."""
         try:
-            self.settings: Settings = settings_mod.load(config, **overrides)
-        except (FileNotFoundError, ValueError) as exc:
-            raise click.UsageError(f"configuration: {exc}") from None
-        logs.configure(self.settings.log_level, self.settings.log_format)
+            return settings_mod.load(self.config, **self.overrides)
+        except FileNotFoundError as exc:
+            raise ConfigurationRefused([str(exc)]) from None
+        except settings_mod.ConfigError as exc:
+            raise ConfigurationRefused(exc.problems) from None
+
+    @property
+    def settings(self) -> Settings:
+        """The settings of a process: refused (exit 2) when they do not load or hold a built-in
+        key outside development mode (meterstream/builtin_keys.py)."""
+        if self._settings is None:
+            settings = self.load()
+            refused = builtin_keys.refusals(settings)
+            if refused:
+                raise ConfigurationRefused(refused)
+            logs.configure(settings.log_level, settings.log_format)
+            self._settings = settings
+        return self._settings
+
+    def needing(self, *keys: str) -> Settings:
+        """The settings, refused (exit 2) unless the key settings named are set."""
+        settings = self.settings
+        missing = builtin_keys.missing(settings, list(keys))
+        if missing:
+            raise ConfigurationRefused(missing)
+        return settings
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -42,17 +86,25 @@ def main(ctx: click.Context, config: str | None, log_level: str | None, log_form
     """meterstream: HAProxy access logs -> Kafka -> per-customer metering -> Postgres and the vault.
 
     Configuration comes from --config FILE (TOML), then MS_* environment variables
-    (e.g. MS_KAFKA__BOOTSTRAP, MS_POSTGRES__DSN); the embedded defaults point at the local
-    services of `meterstream dev up`.
+    (e.g. MS_KAFKA__BOOTSTRAP, MS_POSTGRES__DSN). Keys have no default outside development
+    mode; MS_DEV=1 (development: deploy/dev.sh, the demo, the tests) gives them built-in
+    development keys and the defaults point at the local services of `meterstream dev up`
+    (docs/security.md).
     """
+    if ctx.invoked_subcommand == "demo":
+        devmode.enable()  # the demo is a development run, and so are the processes it starts
     ctx.obj = Context(config, log_level, log_format)
 
 
 def _run(coro: Any) -> Any:
+    from meterstream.pg_dsn import DsnError
+
     try:
         return asyncio.run(coro)
     except KeyboardInterrupt:
         sys.exit(130)
+    except DsnError as exc:  # asyncpg refused postgres.dsn: a configuration error, said without quoting it
+        raise ConfigurationRefused([str(exc)]) from None
 
 
 @main.command()
@@ -191,7 +243,8 @@ def vault(ctx: click.Context, http_port: int | None, runtime_sockets: tuple[str,
 
     obj: Context = ctx.obj
     overrides: dict[str, Any] = {"runtime_sockets": list(runtime_sockets)} if runtime_sockets else {}
-    settings = _with(obj.settings, http={"port": http_port} if http_port is not None else {}, vault=overrides)
+    settings = _with(obj.needing("vault.key_b64"), http={"port": http_port} if http_port is not None else {},
+                     vault=overrides)
     service = Vault(settings)
     _run(serve("vault", settings, service.run, service.request_stop, service.health))
 
@@ -206,7 +259,7 @@ def vault_decrypt(obj: Context, version_file: Path, output: Path | None) -> None
     from meterstream.crypto import DecryptError
     from meterstream.sinks.vault_store import VaultStore, write_atomically
 
-    store = VaultStore(version_file.parent, obj.settings.vault.key_b64.get_secret_value())
+    store = VaultStore(version_file.parent, obj.needing("vault.key_b64").vault.key_b64.get_secret_value())
     try:
         content = store.decrypt(version_file)
     except DecryptError as exc:

@@ -6,6 +6,7 @@ import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from meterstream import logs
+from meterstream.pg_dsn import FORM, DsnError, check
 from meterstream.settings import Settings
 
 log = logs.get(__name__)
@@ -32,5 +33,16 @@ async def connect(settings: Settings, *, dsn: str | None = None, give_up_after_s
         ),
     ):
         with attempt:
-            return await asyncpg.connect(target, timeout=settings.postgres.connect_timeout_s)
+            return await _connect(target, settings.postgres.connect_timeout_s)
     raise AssertionError("unreachable")
+
+
+async def _connect(dsn: str, timeout_s: float) -> asyncpg.Connection:
+    """asyncpg.connect, whose errors about its arguments (a DSN it cannot parse) become
+    DsnError: asyncpg quotes what it could not read, which can be part of a password."""
+    check(dsn)
+    try:
+        return await asyncpg.connect(dsn, timeout=timeout_s)
+    except (asyncpg.ClientConfigurationError, ValueError, TypeError, OverflowError) as exc:
+        raise DsnError(f"postgres.dsn cannot be used: asyncpg refused it ({type(exc).__name__}; "
+                       f"the form is {FORM})") from None

@@ -16,6 +16,7 @@ import asyncpg
 import orjson
 
 from meterstream import checkout_root
+from meterstream.builtin_keys import require
 from meterstream.crypto import Sealer
 from meterstream.schemas.apikeys import fingerprint_of_hash, fingerprint_to_hex, key_hash
 from meterstream.schemas.enums import ServiceType
@@ -39,8 +40,8 @@ class Loaded:
 
 async def load(conn: asyncpg.Connection, settings: Settings, path: Path | None = None) -> Loaded:
     data: dict[str, Any] = json.loads((path or sample_file()).read_text())
-    secret = base64.b64decode(settings.keys.key_secret_b64.get_secret_value())
-    sealer = Sealer(settings.keys.key_store_b64.get_secret_value())
+    secret = base64.b64decode(require(settings, "keys.key_secret_b64"))
+    sealer = Sealer(require(settings, "keys.key_store_b64"))
     counts = {"customers": 0, "instances": 0, "api_keys": 0, "seal_keys": 0}
     async with conn.transaction():
         for c in data["customers"]:
@@ -106,7 +107,7 @@ def write_sample_log(path: Path, settings: Settings, data_file: Path | None = No
     if path.exists():
         return False
     data: dict[str, Any] = json.loads((data_file or sample_file()).read_text())
-    secret = base64.b64decode(settings.keys.key_secret_b64.get_secret_value())
+    secret = base64.b64decode(require(settings, "keys.key_secret_b64"))
     # (key, whether HAProxy's vault lets it through): revoked and unknown keys get 401
     keys = [(k["key"], k["status"] == "active") for c in data["customers"] for k in c["api_keys"]]
     keys += [("SunknownDemoKey000000000000000001", False), (None, False)]

@@ -54,6 +54,8 @@ class Vault:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         cfg = settings.vault
+        if cfg.key_b64 is None:
+            raise ValueError("vault.key_b64 is not set (MS_VAULT__KEY_B64)")
         self.store = VaultStore(Path(cfg.directory), cfg.key_b64.get_secret_value())
         self.map_path = cfg.map_file()
         self.published: dict[int, bytes] = {}  # customer -> the entry vault.updates holds

@@ -4,6 +4,9 @@ Services are started by the project's own dev services (idempotent: reused when 
 Set MS_TEST_EXTERNAL=1 to use already-running services named by MS_KAFKA__BOOTSTRAP and
 MS_TEST_PG_ADMIN_DSN instead. Each test gets its own database (a copy of a migrated template)
 and its own topics, so tests do not interfere.
+
+The tests run in development mode (MS_DEV=1, docs/security.md), and so do the processes they
+start; a test of production behaviour sets MS_DEV=0 for its own process.
 """
 
 from __future__ import annotations
@@ -17,9 +20,12 @@ import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from meterstream import devmode
 from meterstream import settings as settings_mod
 from meterstream.schemas.migrate import migrate
 from meterstream.settings import Settings
+
+devmode.enable()
 
 
 @dataclass(frozen=True)
