@@ -21,7 +21,9 @@ BUILTIN = frozenset(base64.b64decode(k) for k in (DEV_KEY_SECRET_B64, DEV_KEY_ST
 KEY_SETTINGS = {
     "keys.key_secret_b64": "MS_KEYS__KEY_SECRET_B64",
     "keys.key_store_b64": "MS_KEYS__KEY_STORE_B64",
+    "keys.key_store_previous_b64": "MS_KEYS__KEY_STORE_PREVIOUS_B64",
     "vault.key_b64": "MS_VAULT__KEY_B64",
+    "vault.previous_keys_b64": "MS_VAULT__PREVIOUS_KEYS_B64",
 }
 
 

@@ -255,11 +255,14 @@ def vault(ctx: click.Context, http_port: int | None, runtime_sockets: tuple[str,
               help="Write the JSON here (mode 0600) instead of standard output.")
 @pass_ctx
 def vault_decrypt(obj: Context, version_file: Path, output: Path | None) -> None:
-    """Decrypt a vault version file (vault-<version>.enc) with the configured vault key."""
+    """Decrypt a vault version file (vault-<version>.enc) with the configured vault key (or one of
+    vault.previous_keys_b64)."""
     from meterstream.crypto import DecryptError
     from meterstream.sinks.vault_store import VaultStore, write_atomically
 
-    store = VaultStore(version_file.parent, obj.needing("vault.key_b64").vault.key_b64.get_secret_value())
+    vault_settings = obj.needing("vault.key_b64").vault
+    store = VaultStore(version_file.parent, vault_settings.key_b64.get_secret_value(),
+                       [k.get_secret_value() for k in vault_settings.previous_keys_b64])
     try:
         content = store.decrypt(version_file)
     except DecryptError as exc:
@@ -290,6 +293,46 @@ def _with(settings: Settings, **sections: dict[str, Any]) -> Settings:
     updates = {name: getattr(settings, name).model_copy(update=values)
                for name, values in sections.items() if values}
     return settings.model_copy(update=updates)
+
+
+@main.group()
+def keys() -> None:
+    """The key store: full API keys sealed in api_keys.api_key_id (docs/security.md)."""
+
+
+@keys.command("rotate-store")
+@click.option("--batch", type=click.IntRange(1, 100_000), default=500, show_default=True,
+              help="Rows re-sealed per transaction.")
+@pass_ctx
+def keys_rotate_store(obj: Context, batch: int) -> None:
+    """Re-seal every api_keys.api_key_id under keys.key_store_b64, opening each under the key
+    that sealed it (keys.key_store_previous_b64). Resumable: a second run goes on where one
+    stopped. Exits 1 when a row opens under no configured key (listed by fingerprint)."""
+    from meterstream import pg
+    from meterstream.key_rotation import Rotation, rotate_store
+    from meterstream.key_store import KeyStore
+
+    settings = obj.needing("keys.key_store_b64")
+    store = KeyStore.from_settings(settings)
+
+    def progress(done: Rotation) -> None:
+        click.echo(f"re-sealed {done.resealed} of {done.to_do}" + (f", {len(done.failed)} unreadable"
+                                                                  if done.failed else ""))
+
+    async def go() -> Rotation:
+        conn = await pg.connect(settings)
+        try:
+            return await rotate_store(conn, store, batch, progress)
+        finally:
+            await conn.close()
+
+    done = _run(go())
+    click.echo(f"key store: {done.resealed} rows re-sealed under key {store.current_id}, "
+               f"{done.total - done.to_do} were under it already")
+    if done.failed:
+        click.echo(f"{len(done.failed)} rows open under no configured key (fingerprints): "
+                   + ", ".join(done.failed[:50]) + (" ..." if len(done.failed) > 50 else ""), err=True)
+        sys.exit(1)
 
 
 @main.group()

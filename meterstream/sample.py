@@ -1,7 +1,8 @@
 """Loads the sample customers of deploy/sample/customers.json into Postgres, idempotently.
 
-Keys are stored as SPEC §1 decision 5 says: the full key AES-GCM encrypted in api_key_id, its
-HMAC in api_key_hash and the fingerprint in api_key_fp. Loading twice changes nothing.
+Keys are stored as SPEC §1 decision 5 says: the full key sealed in api_key_id (AES-256-GCM
+under the key-store key, bound to the row's hash: meterstream/key_store.py), its HMAC in
+api_key_hash and the fingerprint in api_key_fp. Loading twice changes nothing.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import orjson
 
 from meterstream import checkout_root
 from meterstream.builtin_keys import require
-from meterstream.crypto import Sealer
+from meterstream.key_store import KeyStore
 from meterstream.schemas.apikeys import fingerprint_of_hash, fingerprint_to_hex, key_hash
 from meterstream.schemas.enums import ServiceType
 from meterstream.settings import Settings
@@ -41,7 +42,7 @@ class Loaded:
 async def load(conn: asyncpg.Connection, settings: Settings, path: Path | None = None) -> Loaded:
     data: dict[str, Any] = json.loads((path or sample_file()).read_text())
     secret = base64.b64decode(require(settings, "keys.key_secret_b64"))
-    sealer = Sealer(require(settings, "keys.key_store_b64"))
+    store = KeyStore.from_settings(settings)
     counts = {"customers": 0, "instances": 0, "api_keys": 0, "seal_keys": 0}
     async with conn.transaction():
         for c in data["customers"]:
@@ -71,7 +72,7 @@ async def load(conn: asyncpg.Connection, settings: Settings, path: Path | None =
                                              service_type, status, revoked_at)
                        VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $7 THEN now() END)
                        ON CONFLICT (api_key_hash) DO NOTHING""",
-                    sealer.seal_text(k["key"]), digest, fingerprint_of_hash(digest),
+                    store.seal(k["key"], digest), digest, fingerprint_of_hash(digest),
                     c["customer_id"], int(ServiceType.from_key_prefix(k["key"][0])),
                     k["status"], revoked,
                 )

@@ -113,6 +113,10 @@ class KeySettings(Section):
     key_store_b64: SecretStr | None = Field(
         default_factory=_dev_default(DEV_KEY_STORE_B64),
         description="AES-256-GCM key (base64 of 32 bytes) that seals api_keys.api_key_id; new seals use it")
+    key_store_previous_b64: list[SecretStr] = Field(
+        default_factory=list,
+        description="earlier key-store keys, still read until `meterstream keys rotate-store` has re-sealed "
+                    "every row under key_store_b64")
 
     @field_validator("key_secret_b64")
     @classmethod
@@ -127,6 +131,13 @@ class KeySettings(Section):
         if value is not None:
             key_bytes(value, exact=32)
         return value
+
+    @field_validator("key_store_previous_b64")
+    @classmethod
+    def _previous_store_keys(cls, values: list[SecretStr]) -> list[SecretStr]:
+        for value in values:
+            key_bytes(value, exact=32)
+        return values
 
 
 class TailSettings(Section):
@@ -265,6 +276,9 @@ class VaultSettings(Section):
                                                   "HAProxy must load it under this same path (MS_VAULT_MAP)")
     key_b64: SecretStr | None = Field(default_factory=_dev_default(DEV_VAULT_KEY_B64),
                                       description="AES-256-GCM key (base64 of 32 bytes) of the vault versions")
+    previous_keys_b64: list[SecretStr] = Field(default_factory=list,
+                                               description="earlier vault keys: `vault decrypt` still reads the "
+                                                           "versions written under them")
     runtime_sockets: list[str] = Field(default_factory=list,
                                        description="HAProxy Runtime API sockets (paths or host:port) to update live")
     interval_s: float = Field(default=30.0, gt=0, description="full rebuild period, besides notifications")
@@ -276,6 +290,13 @@ class VaultSettings(Section):
         if value is not None:
             key_bytes(value, exact=32)
         return value
+
+    @field_validator("previous_keys_b64")
+    @classmethod
+    def _previous_vault_keys(cls, values: list[SecretStr]) -> list[SecretStr]:
+        for value in values:
+            key_bytes(value, exact=32)
+        return values
 
     def map_file(self) -> Path:
         return Path(self.map_path) if self.map_path else Path(self.directory) / "vault.map"

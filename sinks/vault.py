@@ -56,7 +56,8 @@ class Vault:
         cfg = settings.vault
         if cfg.key_b64 is None:
             raise ValueError("vault.key_b64 is not set (MS_VAULT__KEY_B64)")
-        self.store = VaultStore(Path(cfg.directory), cfg.key_b64.get_secret_value())
+        self.store = VaultStore(Path(cfg.directory), cfg.key_b64.get_secret_value(),
+                                [k.get_secret_value() for k in cfg.previous_keys_b64])
         self.map_path = cfg.map_file()
         self.published: dict[int, bytes] = {}  # customer -> the entry vault.updates holds
         self.map_content: bytes | None = None

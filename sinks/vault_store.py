@@ -10,6 +10,8 @@ the plain HAProxy map file beside them (SPEC §7).
 - Files are written to a temporary file in the same directory, flushed to disk, made
   ``0600`` (never world-readable) and renamed over the target: a reader sees the old file or
   the new one, never half of one.
+- A version that does not decrypt under ``vault.key_b64`` is tried under each of
+  ``vault.previous_keys_b64`` (the versions written before the key was rotated).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import asyncpg
@@ -63,9 +66,10 @@ def _context(version: int) -> bytes:
 
 
 class VaultStore:
-    def __init__(self, directory: Path, key_b64: str) -> None:
+    def __init__(self, directory: Path, key_b64: str, previous_b64: Iterable[str] = ()) -> None:
         self.directory = directory
         self.sealer = Sealer(key_b64)
+        self.previous = [Sealer(key) for key in previous_b64]
 
     def path_of(self, version: int) -> Path:
         return self.directory / f"vault-{version:010d}.enc"
@@ -97,11 +101,13 @@ class VaultStore:
             sealed = path.read_bytes()
         except OSError as exc:
             raise DecryptError(f"cannot read {path}: {exc.strerror}") from None
-        try:
-            return self.sealer.open(sealed, _context(int(match.group(1))))
-        except DecryptError:
-            raise DecryptError(f"cannot decrypt {path.name}: wrong vault key, or the file was altered "
-                               "or renamed") from None
+        for sealer in (self.sealer, *self.previous):
+            try:
+                return sealer.open(sealed, _context(int(match.group(1))))
+            except DecryptError:
+                continue
+        raise DecryptError(f"cannot decrypt {path.name}: wrong vault key, or the file was altered "
+                           "or renamed")
 
 
 def map_text(lines: list[str]) -> bytes:

@@ -46,12 +46,13 @@ def test_a_built_in_key_is_refused_outside_development_mode(variable: str) -> No
     assert run("parse", env={variable: key, "MS_DEV": "1"}).returncode == 0
 
 
-def test_a_built_in_key_in_a_file_is_refused(tmp_path: Path) -> None:
+def test_a_built_in_key_in_a_file_or_a_list_is_refused(tmp_path: Path) -> None:
     cfg = tmp_path / "ms.toml"
-    cfg.write_text(f'[vault]\nkey_b64 = "{DEV_VAULT_KEY_B64}"\n[keys]\nkey_store_b64 = "{DEV_KEY_STORE_B64}"\n')
+    cfg.write_text(f'[vault]\nprevious_keys_b64 = ["{OWN_KEY}", "{DEV_VAULT_KEY_B64}"]\n'
+                   f'[keys]\nkey_store_b64 = "{DEV_KEY_STORE_B64}"\n')
     out = run("--config", str(cfg), "parse")
     assert out.returncode == 2
-    assert "vault.key_b64" in out.stderr and "keys.key_store_b64" in out.stderr
+    assert "vault.previous_keys_b64" in out.stderr and "keys.key_store_b64" in out.stderr
     assert DEV_VAULT_KEY_B64 not in out.stderr and DEV_KEY_STORE_B64 not in out.stderr
 
 
@@ -61,6 +62,8 @@ def test_outside_development_mode_keys_have_no_default() -> None:
     # one that needs a key says which, and does not start
     out = run("vault")
     assert out.returncode == 2 and "vault.key_b64 is not set" in out.stderr and "MS_VAULT__KEY_B64" in out.stderr
+    out = run("keys", "rotate-store")
+    assert out.returncode == 2 and "keys.key_store_b64 is not set" in out.stderr
 
 
 def test_development_mode_must_be_on_or_off() -> None:
@@ -72,7 +75,7 @@ def test_development_mode_must_be_on_or_off() -> None:
 def test_help_works_whatever_the_configuration(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text(f'[vault]\nkey_b64 = "{DEV_VAULT_KEY_B64}"\n[kafka]\nbootstrp = "x"\n')
-    for command in (["vault", "--help"], ["tail", "--help"]):
+    for command in (["vault", "--help"], ["tail", "--help"], ["keys", "rotate-store", "--help"]):
         out = run("--config", str(cfg), *command)
         assert out.returncode == 0, (command, out.stderr)
 
