@@ -230,7 +230,8 @@ def worker(obj: Context, http_port: int | None, batch_records: int | None) -> No
 @main.group(invoke_without_command=True)
 @click.option("--http-port", type=int, default=None, help="Port of /metrics and /healthz (0: any).")
 @click.option("--runtime-socket", "runtime_sockets", multiple=True,
-              help="HAProxy Runtime API socket to update live (repeatable; path or host:port).")
+              help="HAProxy Runtime API socket to update live (repeatable; a Unix socket path, or host:port "
+                   "on loopback unless vault.runtime_allow_remote).")
 @click.pass_context
 def vault(ctx: click.Context, http_port: int | None, runtime_sockets: tuple[str, ...]) -> None:
     """Publish MA_VAULT: the HAProxy map (file, and live through the Runtime API), encrypted
@@ -245,7 +246,10 @@ def vault(ctx: click.Context, http_port: int | None, runtime_sockets: tuple[str,
     overrides: dict[str, Any] = {"runtime_sockets": list(runtime_sockets)} if runtime_sockets else {}
     settings = _with(obj.needing("vault.key_b64"), http={"port": http_port} if http_port is not None else {},
                      vault=overrides)
-    service = Vault(settings)
+    try:
+        service = Vault(settings)
+    except ValueError as exc:  # vault.map_group names no group of this host
+        raise ConfigurationRefused([f"vault.map_group: {exc}"]) from None
     _run(serve("vault", settings, service.run, service.request_stop, service.health))
 
 
@@ -289,9 +293,18 @@ def sink_postgres(obj: Context, http_port: int | None) -> None:
 
 
 def _with(settings: Settings, **sections: dict[str, Any]) -> Settings:
-    """Settings with some fields of some sections replaced (command-line flags)."""
-    updates = {name: getattr(settings, name).model_copy(update=values)
-               for name, values in sections.items() if values}
+    """Settings with some fields of some sections replaced (command-line flags), validated as
+    the configuration is (a --runtime-socket beyond loopback is refused like the setting)."""
+    from pydantic import ValidationError
+
+    updates = {}
+    for name, values in sections.items():
+        if values:
+            section = getattr(settings, name)
+            try:
+                updates[name] = type(section).model_validate({**dict(section), **values})
+            except ValidationError as exc:
+                raise ConfigurationRefused(settings_mod.redacted(exc, name)) from None
     return settings.model_copy(update=updates)
 
 

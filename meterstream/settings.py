@@ -15,7 +15,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -280,9 +280,17 @@ class VaultSettings(Section):
                                                description="earlier vault keys: `vault decrypt` still reads the "
                                                            "versions written under them")
     runtime_sockets: list[str] = Field(default_factory=list,
-                                       description="HAProxy Runtime API sockets (paths or host:port) to update live")
+                                       description="HAProxy Runtime API sockets to update live: Unix socket paths, "
+                                                   "or host:port on loopback (sinks/runtime_address.py)")
+    runtime_allow_remote: bool = Field(default=False,
+                                       description="allow a Runtime API address beyond loopback: plaintext, "
+                                                   "unauthenticated admin access over the network (docs/security.md)")
     interval_s: float = Field(default=30.0, gt=0, description="full rebuild period, besides notifications")
     debounce_s: float = Field(default=0.05, ge=0, description="wait after a notification for more to arrive")
+    map_mode: int = Field(default=0o600, description="file mode of the map (octal, e.g. \"0640\" so that "
+                                                     "HAProxy's group reads it); no bits for others")
+    map_group: str = Field(default="", description="group (name or gid) of the map file, e.g. haproxy; "
+                                                   "default: the process's own")
 
     @field_validator("key_b64")
     @classmethod
@@ -297,6 +305,47 @@ class VaultSettings(Section):
         for value in values:
             key_bytes(value, exact=32)
         return values
+
+    @field_validator("map_mode", mode="before")
+    @classmethod
+    def _octal_mode(cls, value: object) -> object:
+        if isinstance(value, str):  # "0640", "640", "0o640": octal, as chmod takes it
+            try:
+                return int(value.strip().removeprefix("0o"), 8)
+            except ValueError:
+                raise ValueError("an octal file mode such as 0640") from None
+        return value
+
+    @field_validator("map_mode")
+    @classmethod
+    def _mode_bits(cls, mode: int) -> int:
+        if mode & ~0o660 or mode & 0o600 != 0o600:
+            raise ValueError(f"{mode:#o}: the owner reads and writes (0600), the group may read or write "
+                             "(0640, 0660), others get nothing, and nothing is executable")
+        return mode
+
+    @field_validator("runtime_sockets")
+    @classmethod
+    def _runtime_addresses(cls, sockets: list[str]) -> list[str]:
+        from meterstream.sinks.runtime_address import parse  # the rules live beside the client
+
+        for socket in sockets:
+            try:
+                parse(socket)
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
+        return sockets
+
+    @model_validator(mode="after")
+    def _remote_runtime(self) -> VaultSettings:
+        from meterstream.sinks.runtime_address import parse
+
+        remote = [str(a) for a in map(parse, self.runtime_sockets) if not a.is_loopback]
+        if remote and not self.runtime_allow_remote:
+            raise ValueError(f"vault.runtime_sockets: {', '.join(remote)} is not loopback; the Runtime API is "
+                             "plaintext admin access: use a Unix socket or a loopback address, or set "
+                             "vault.runtime_allow_remote = true to accept the risk (docs/security.md)")
+        return self
 
     def map_file(self) -> Path:
         return Path(self.map_path) if self.map_path else Path(self.directory) / "vault.map"
