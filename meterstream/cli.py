@@ -11,6 +11,7 @@ import click
 
 from meterstream import __version__, builtin_keys, devmode, logs
 from meterstream import settings as settings_mod
+from meterstream.check import PROCESSES as CHECKED_PROCESSES
 from meterstream.settings import Settings
 
 
@@ -306,6 +307,36 @@ def _with(settings: Settings, **sections: dict[str, Any]) -> Settings:
             except ValidationError as exc:
                 raise ConfigurationRefused(settings_mod.redacted(exc, name)) from None
     return settings.model_copy(update=updates)
+
+
+@main.command()
+@click.option("--no-connect", is_flag=True, help="Check the configuration only: no Kafka, Postgres, files or sockets.")
+@click.option("--for", "processes", multiple=True, type=click.Choice(CHECKED_PROCESSES),
+              help="Check what this process needs (repeatable; default: every process).")
+@click.option("--timeout", type=click.FloatRange(0.1, 300), default=10.0, show_default=True,
+              help="Seconds each connection may take.")
+@pass_ctx
+def check(obj: Context, no_connect: bool, processes: tuple[str, ...], timeout: float) -> None:
+    """Check the configuration and, unless --no-connect, what the processes connect to:
+    Kafka topics (exist, compaction, partitions), Postgres migrations, the map path, the
+    HAProxy Runtime API sockets. Prints a line per problem (on stderr) and exits 1; exits 2
+    when the configuration does not load, holds a built-in key outside development mode, or
+    lacks a key a process needs; 0 when all is well."""
+    from meterstream import check as check_mod
+
+    try:
+        settings = obj.load()
+    except ConfigurationRefused as exc:
+        for line in exc.message.splitlines():
+            click.echo(f"problem: configuration: {line}", err=True)
+        sys.exit(2)
+    logs.configure(settings.log_level, settings.log_format)
+    report = check_mod.run(settings, list(processes) or list(CHECKED_PROCESSES), not no_connect, timeout)
+    for line in report.ok:
+        click.echo(f"ok: {line}")
+    for line in report.refused + report.problems:
+        click.echo(f"problem: {line}", err=True)
+    sys.exit(report.exit_code)
 
 
 @main.group()

@@ -56,3 +56,14 @@ async def replace_map(socket_path: str, map_name: str, lines: list[str]) -> int:
         raise RuntimeApiError(f"commit map @{version} {map_name}: {answer.strip()[:200]}")
     return version
 
+
+async def answers(socket_path: str, timeout_s: float = 5.0) -> str | None:
+    """None when HAProxy answers ``show info`` on this socket; otherwise what went wrong
+    (`meterstream check`)."""
+    try:
+        answer = await _send(socket_path, "show info", timeout_s)
+    except (OSError, TimeoutError, ValueError) as exc:
+        return f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
+    if "Name:" not in answer:
+        return f"it answered, but not as HAProxy's Runtime API: {answer.strip()[:100]!r}"
+    return None

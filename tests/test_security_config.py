@@ -75,7 +75,7 @@ def test_development_mode_must_be_on_or_off() -> None:
 def test_help_works_whatever_the_configuration(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.toml"
     cfg.write_text(f'[vault]\nkey_b64 = "{DEV_VAULT_KEY_B64}"\n[kafka]\nbootstrp = "x"\n')
-    for command in (["vault", "--help"], ["tail", "--help"], ["keys", "rotate-store", "--help"]):
+    for command in (["vault", "--help"], ["tail", "--help"], ["check", "--help"], ["keys", "rotate-store", "--help"]):
         out = run("--config", str(cfg), *command)
         assert out.returncode == 0, (command, out.stderr)
 
@@ -90,7 +90,7 @@ def assert_silent(out: subprocess.CompletedProcess[str]) -> None:
 def test_a_misspelt_key_is_named_not_echoed(tmp_path: Path) -> None:
     cfg = tmp_path / "ms.toml"
     cfg.write_text(f'[postgres]\ndns = "postgresql://app:{PASSWORD}@db.example:5432/meterstream"\n')
-    for command in (["migrate"],):
+    for command in (["migrate"], ["check"], ["check", "--no-connect"]):
         out = run("--config", str(cfg), *command)
         assert out.returncode == 2, out.stderr
         assert "postgres.dns" in out.stderr and "not a setting" in out.stderr
@@ -114,7 +114,7 @@ def test_a_misspelt_key_is_named_not_echoed(tmp_path: Path) -> None:
     f"mysql://app:{PASSWORD}@127.0.0.1/x",
 ])
 def test_a_dsn_asyncpg_cannot_parse_is_named_not_echoed(dsn: str) -> None:
-    for command in (["migrate"],):
+    for command in (["migrate"], ["check", "--for", "sink-postgres", "--no-connect"]):
         out = run(*command, env={"MS_POSTGRES__DSN": dsn})
         assert out.returncode == 2, out.stderr
         assert "postgres.dsn" in out.stderr
