@@ -33,7 +33,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from bench.common import WORK, fresh_db, services
 from meterstream import sample
 from meterstream import settings as settings_mod
-from meterstream.kafka import end_offsets, ensure_topics
+from meterstream.kafka import delete_topics_with_prefix, end_offsets, ensure_topics
 from meterstream.meter.config_sync import ConfigSync
 from meterstream.schemas.apikeys import fingerprint_of_hash, fingerprint_to_hex, key_hash
 
@@ -157,6 +157,7 @@ async def sustained(dev, rates: list[int], step_s: float) -> None:  # noqa: ANN0
             p.send_signal(signal.SIGTERM)
         for p in procs:
             p.wait(60)
+        await delete_topics_with_prefix(settings.kafka.bootstrap, settings.kafka.topic_prefix)
 
 
 def breach_to_403(times: int) -> None:

@@ -31,7 +31,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.common import WORK, cpu_seconds, peak_rss_mib, pin_broker, produce_all, rss_mib, services, unpin_broker
 from meterstream import settings as settings_mod
-from meterstream.kafka import ensure_topics, partitions_of
+from meterstream.kafka import delete_topics_with_prefix, ensure_topics, partitions_of
 from meterstream.meter.config_view import ConfigView
 from meterstream.meter.resolve import resolve
 from meterstream.schemas import topics
@@ -203,6 +203,7 @@ def main() -> None:
               f"({rate / bare:.2f}x the bare loop), peak RSS {peak:.0f} MiB")
         if args.repeat > 1:
             print(f"  runs: bare {[round(r) for r, _ in bare_runs]}, worker {[round(r[0]) for r in worker_runs]}")
+        asyncio.run(delete_topics_with_prefix(dev.kafka.bootstrap, settings.kafka.topic_prefix))
 
         settings = settings_mod.load(None, kafka={"bootstrap": dev.kafka.bootstrap,
                                                   "topic_prefix": f"bench.s{uuid.uuid4().hex[:6]}."})
@@ -212,6 +213,7 @@ def main() -> None:
         _, _, peak, rss = run_worker(settings, len(records), WORK / "worker-state.log", rest_s=12.0)
         print(f"state of {args.customers:,} customers x 3 services: RSS {rss:.0f} MiB at rest "
               f"(peak {peak:.0f} MiB)")
+        asyncio.run(delete_topics_with_prefix(dev.kafka.bootstrap, settings.kafka.topic_prefix))
     finally:
         unpin_broker(dev)
 

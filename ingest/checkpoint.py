@@ -33,6 +33,7 @@ class StreamCheckpoint:
     offset: int
     path: str
     updated_ms: int
+    complete: bool = False  # a compressed file read to its end (not decompressed again)
 
 
 @dataclass
@@ -44,11 +45,11 @@ class Checkpoint:
         entry = self.streams.get(stream)
         return None if entry is None else entry.offset
 
-    def advance(self, stream: str, offset: int, path: str) -> None:
+    def advance(self, stream: str, offset: int, path: str, complete: bool = False) -> None:
         entry = self.streams.get(stream)
         if entry is not None and offset < entry.offset:
             raise ValueError(f"checkpoint of {stream} would go back from {entry.offset} to {offset}")
-        self.streams[stream] = StreamCheckpoint(offset, path, int(time.time() * 1000))
+        self.streams[stream] = StreamCheckpoint(offset, path, int(time.time() * 1000), complete)
 
     def forget_older_than(self, keep: set[str], max_age_ms: int) -> None:
         """Drop entries of files no longer followed, once they are old."""
@@ -86,7 +87,8 @@ class CheckpointStore:
             if doc["format"] != FORMAT or doc["sha256"] != _digest(body):
                 raise ValueError("checksum mismatch")
             streams = {
-                stream: StreamCheckpoint(int(e["offset"]), str(e["path"]), int(e["updated_ms"]))
+                stream: StreamCheckpoint(int(e["offset"]), str(e["path"]), int(e["updated_ms"]),
+                                         bool(e.get("complete", False)))
                 for stream, e in orjson.loads(body).items()
             }
         except (ValueError, KeyError, TypeError) as exc:
@@ -96,7 +98,8 @@ class CheckpointStore:
 
     def save(self, checkpoint: Checkpoint) -> None:
         body = orjson.dumps(
-            {s: {"offset": e.offset, "path": path_text(e.path), "updated_ms": e.updated_ms}
+            {s: {"offset": e.offset, "path": path_text(e.path), "updated_ms": e.updated_ms,
+                 **({"complete": True} if e.complete else {})}
              for s, e in checkpoint.streams.items()},
             option=orjson.OPT_SORT_KEYS,
         ).decode()

@@ -5,6 +5,9 @@ a new file). Rotation by rename: the renamed file is drained to its end (and a g
 for late writes) before it is closed, and its successor is read after it. Rotation by
 copytruncate: the original's first line changes; the lines not yet read are recovered from
 the copy (a file beside it with the same first line), then the truncated file is read anew.
+A compressed file (gzip, zstd, bzip2, xz: ingest/compressed.py) is read as its content; it is
+the same stream as the file it was compressed from (the same first line), so its lines keep
+their positions and what was read of that file is not read again.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from meterstream import logs
+from meterstream.ingest.compressed import Decompressed, compression_of
 
 log = logs.get(__name__)
 
@@ -28,11 +32,16 @@ READ_CHUNK = 1024 * 1024
 
 def head_hash(fd: int) -> str | None:
     """Hash of the first line (or first HEAD_BYTES); None while the first line is incomplete."""
-    head = os.pread(fd, HEAD_BYTES, 0)
+    return hash_of_head(os.pread(fd, HEAD_BYTES, 0), complete=False)
+
+
+def hash_of_head(head: bytes, complete: bool) -> str | None:
+    """``head_hash`` of a content's first HEAD_BYTES; ``complete``: the content ends there (a
+    finished compressed file), so a first line without newline is its whole first line."""
     newline = head.find(b"\n")
     if newline >= 0:
         head = head[: newline + 1]
-    elif len(head) < HEAD_BYTES:
+    elif len(head) < HEAD_BYTES and not (complete and head):
         return None
     return hashlib.blake2b(head, digest_size=8).hexdigest()
 
@@ -84,9 +93,34 @@ class FollowedFile:
     overlong: tuple[int, bytes] | None = None
     # a copytruncate copy is read as the rest of its original's stream; this is its own identity
     own_stream: str | None = None
+    # a compressed file: its content, read forward (offsets are offsets in the content)
+    content: Decompressed | None = None
 
     def size(self) -> int:
-        return os.fstat(self.fd).st_size
+        """Bytes there are to read (of a compressed file: decompressed so far)."""
+        return os.fstat(self.fd).st_size if self.content is None else self.content.end
+
+    def pread(self, size: int, offset: int) -> bytes:
+        return os.pread(self.fd, size, offset) if self.content is None else self.content.pread(size, offset)
+
+    def ended(self) -> bool:
+        """A compressed file whose content is complete: it cannot grow."""
+        return self.content is not None and self.content.ended
+
+    def at_end(self) -> bool:
+        """Read to its end (a compressed file: to the end of its content, or of what could be
+        decompressed before damage; the cut line there is not a line)."""
+        if self.content is None:
+            return self.offset >= self.size()
+        done = self.content.ended or self.content.broken is not None
+        return done and self.offset >= self.content.end - (0 if self.content.ended else self.content.cut_bytes())
+
+    def progress(self) -> tuple[int, int]:
+        """(bytes of the file read, its size), of a compressed file in compressed bytes."""
+        if self.content is None:
+            return min(self.offset, self.size()), self.size()
+        raw = self.content.raw_size()
+        return (raw if self.at_end() else min(self.content.raw_pos, raw)), raw
 
     def close(self) -> None:
         os.close(self.fd)
@@ -100,9 +134,22 @@ class FileSet:
     max_line_bytes: int
     keep_raw_bytes: int
     rotate_grace_s: float
-    # stream identity -> offset to resume from (the checkpoint)
+    # stream identity -> offset to resume from (the checkpoint; then what Kafka acknowledged)
     resume: dict[str, int] = field(default_factory=dict)
+    # streams of compressed files read to their end: not decompressed again
+    complete: set[str] = field(default_factory=set)
     files: dict[tuple[int, int, str], FollowedFile] = field(default_factory=dict)
+    # compressed files left for later (the file they were compressed from is still being
+    # read): (dev, ino) -> (size, mtime) when looked at, so that they are not decompressed
+    # at every poll
+    deferred: dict[tuple[int, int], tuple[int, int]] = field(default_factory=dict)
+
+    def acknowledged(self, stream: str, offset: int, complete: bool = False) -> None:
+        """Kafka acknowledged ``stream`` up to ``offset`` (``complete``: a compressed file's
+        whole content): where a file of that stream resumes if it is opened again."""
+        self.resume[stream] = max(offset, self.resume.get(stream, 0))
+        if complete:
+            self.complete.add(stream)
 
     def identity(self, dev: int, ino: int, head: str) -> str:
         return f"{self.host}:{dev}:{ino}:{head}"
@@ -154,6 +201,9 @@ class FileSet:
         except FileNotFoundError:
             return None
         st = os.fstat(fd)
+        kind = compression_of(fd)
+        if kind is not None:
+            return self._open_compressed(path, fd, st, kind)
         head = head_hash(fd)
         if head is None:  # no complete first line yet: look again next poll
             os.close(fd)
@@ -168,8 +218,49 @@ class FileSet:
         self.files[key] = followed
         return followed
 
+    def _open_compressed(self, path: str, fd: int, st: os.stat_result, kind: str) -> FollowedFile | None:
+        """A compressed file, as the stream of the file it was compressed from when that one is
+        known (same host and first line: the checkpoint, or what this run read), else as the
+        stream of its content; read from where that stream was acknowledged."""
+        looked = (st.st_size, st.st_mtime_ns)
+        if self.deferred.get((st.st_dev, st.st_ino)) == looked:
+            os.close(fd)
+            return None
+        content = Decompressed(fd, kind, path)
+        first = content.first_bytes(HEAD_BYTES)
+        head = hash_of_head(first, complete=content.ended)
+        if head is None or (content.ended and not first):  # no first line yet, or nothing in it
+            self.deferred[(st.st_dev, st.st_ino)] = looked
+            os.close(fd)
+            return None
+        key = (st.st_dev, st.st_ino, head)
+        if key in self.files:
+            os.close(fd)
+            return self.files[key]
+        same = f":{head}"
+        if any(f.head == head for f in self.files.values()):
+            # its original (or another copy) is being read: this one waits until it is gone
+            self.deferred[(st.st_dev, st.st_ino)] = looked
+            os.close(fd)
+            return None
+        self.deferred.pop((st.st_dev, st.st_ino), None)
+        known = [s for s in self.resume if s.endswith(same) and s.startswith(f"{self.host}:")]
+        # else a stream named by its content alone (a compressed file does not change): a copy
+        # of the archive, or another run without this checkpoint, gives its lines the same positions
+        stream = max(known, key=lambda s: self.resume[s]) if known else f"{self.host}:z:{head}"
+        offset = self.resume.get(stream, 0)
+        if stream in self.complete:
+            content.finish_at(offset)
+        followed = FollowedFile(path, fd, st.st_dev, st.st_ino, head, stream, offset=offset, content=content)
+        self.files[key] = followed
+        log.info("reading a compressed file", path=path_text(path), format=kind, stream=stream, offset=offset,
+                 already_read=stream in self.complete)
+        return followed
+
     def _replaced_content(self, followed: FollowedFile) -> bool:
         """Truncated (shorter than what was read) or rewritten (another first line)."""
+        if followed.content is not None:
+            return False  # compressed: written once, never rewritten in place
         if followed.size() < followed.offset:
             return True
         return head_hash(followed.fd) not in (followed.head, None)
@@ -230,7 +321,7 @@ class FileSet:
         rotated file as a Line. At most ``max_lines`` lines and about ``budget`` bytes (the line
         that reaches it included); the offset is advanced past each item before it is given."""
         while budget > 0 and max_lines > 0:
-            chunk = os.pread(followed.fd, max(READ_CHUNK, self.max_line_bytes + 1), followed.offset)
+            chunk = followed.pread(max(READ_CHUNK, self.max_line_bytes + 1), followed.offset)
             if not chunk:
                 return
             if followed.overlong is not None:
@@ -254,7 +345,7 @@ class FileSet:
                     followed.offset += len(chunk)
                     budget -= len(chunk)
                     continue
-                if followed.rotated_at is not None and self._grace_over(followed):
+                if followed.ended() or (followed.rotated_at is not None and self._grace_over(followed)):
                     # the writer is gone: a last line without newline is still a line
                     end = followed.offset + len(chunk)
                     yield Line(followed.stream, followed.path, followed.offset, end, chunk)
@@ -307,15 +398,18 @@ class FileSet:
         closed = []
         for key, followed in list(self.files.items()):
             if followed.rotated_at is not None and self._grace_over(followed) \
-                    and followed.offset >= followed.size() and followed.overlong is None:
+                    and followed.at_end() and followed.overlong is None:
                 followed.close()
                 del self.files[key]
                 closed.append(followed)
+        if closed:
+            self.deferred.clear()  # a compressed copy of a closed file may be read now
         return closed
 
     def behind_bytes(self, acknowledged: dict[str, int]) -> dict[str, int]:
         """Bytes of each file not yet acknowledged by Kafka (``acknowledged``: stream -> offset)."""
-        return {f.path: max(0, f.size() - acknowledged.get(f.stream, 0)) for f in self.files.values()}
+        return {f.path: (max(0, f.size() - acknowledged.get(f.stream, 0)) if f.content is None
+                         else f.progress()[1] - f.progress()[0]) for f in self.files.values()}
 
     def close(self) -> None:
         for followed in self.files.values():

@@ -7,6 +7,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from meterstream.ingest.parser import REASONS
 
 LINES_READ = Counter("meterstream_ingest_lines_read_total", "Lines read from files or syslog", ["input"])
+BYTES_READ = Counter("meterstream_ingest_bytes_read_total",
+                     "Bytes of lines read (newlines included; a compressed file's bytes as decompressed)", ["input"])
 RECORDS_PRODUCED = Counter("meterstream_ingest_records_produced_total",
                            "LogRecords acknowledged by Kafka on haproxy.logs")
 REJECTED = Counter("meterstream_ingest_rejected_total",
@@ -43,6 +45,9 @@ SYSLOG_UDP_SENDERS_FORGOTTEN = Counter("meterstream_ingest_syslog_udp_senders_fo
                                        "(silent for syslog.udp_sender_idle_s), limit (syslog.udp_max_senders "
                                        "reached: the least recently seen is forgotten)", ["reason"])
 
+for _input in ("file", "syslog_udp", "syslog_tcp"):
+    LINES_READ.labels(_input)
+    BYTES_READ.labels(_input)
 for reason in REASONS:
     REJECTED.labels(reason)  # export zeros, so rates and alerts work from the start
 for reason in ("queue_full", "not_allowed"):

@@ -185,6 +185,7 @@ class SyslogReceiver:
                     frames.feed_eof()
                 for frame in frames.frames():
                     metrics.LINES_READ.labels("syslog_tcp").inc()
+                    metrics.BYTES_READ.labels("syslog_tcp").inc(frame.size)
                     conn.waiting = True
                     try:  # back-pressure: this connection is not read while the queue is full
                         await self.queue.put(Received(frame.data, source, "tcp", frame.size if frame.too_long else 0),
@@ -296,6 +297,7 @@ class _Udp(asyncio.DatagramProtocol):
                 r.log_refusal("udp", peer, "not_allowed")
             return
         metrics.LINES_READ.labels("syslog_udp").inc()
+        metrics.BYTES_READ.labels("syslog_udp").inc(len(data))
         data = data.rstrip(b"\r\n\0")
         too_long = len(data) if len(data) > self.limit else 0
         if too_long:

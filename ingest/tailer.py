@@ -20,6 +20,7 @@ from meterstream.ingest import metrics
 from meterstream.ingest.checkpoint import Checkpoint, CheckpointStore
 from meterstream.ingest.files import FileSet, FollowedFile, Line, Lines, path_text
 from meterstream.ingest.pipeline import Encoder
+from meterstream.ingest.progress import ImportProgress
 from meterstream.producer import Message, RoundProducer, Stopped
 from meterstream.settings import Settings
 
@@ -35,12 +36,16 @@ class Round:
     # stream -> (offset just past the round's last line, path)
     ends: dict[str, tuple[int, str]] = field(default_factory=dict)
     records: int = 0
+    complete: set[str] = field(default_factory=set)  # compressed files' streams read to their end
 
 
 class Tailer:
-    def __init__(self, settings: Settings, once: bool = False) -> None:
+    def __init__(self, settings: Settings, once: bool = False, progress: ImportProgress | None = None) -> None:
         self.settings = settings
         self.once = once  # stop when every followed file is read and acknowledged
+        self.progress = progress
+        self._sizes: dict[str, tuple[int, int]] = {}  # stream -> (bytes read, size) for the progress
+        self._lines_sent = 0
         t = settings.tail
         if not t.paths:
             raise ValueError("no files to follow: give paths (MS_TAIL__PATHS or FILES)")
@@ -51,6 +56,7 @@ class Tailer:
             max_line_bytes=t.max_line_bytes, keep_raw_bytes=settings.produce.dead_letter_raw_bytes,
             rotate_grace_s=t.rotate_grace_s,
             resume={s: e.offset for s, e in self.checkpoint.streams.items()},
+            complete={s for s, e in self.checkpoint.streams.items() if e.complete},
         )
         self.encoder = Encoder(settings)
         self.producer = RoundProducer(settings, "ingest", metrics.PRODUCE_LATENCY, metrics.PRODUCE_FAILURES)
@@ -65,10 +71,13 @@ class Tailer:
     # -- one round ---------------------------------------------------------------------------
     async def _read_round(self) -> Round:
         self._continuations += self.files.poll()
+        if not self._sizes:
+            self._show_progress()  # where this run starts: the rates count what it reads
         batch = Round()
         budget_lines, budget_bytes = self.settings.tail.round_lines, self.settings.tail.round_bytes
         sources = [*self._continuations, *self.files.ordered()]
         messages = batch.messages
+        read_bytes = 0
         rejected_before = self.encoder.rejected_count
         for followed in sources:
             # runs of lines, not lines: the file's end and the budgets once per run
@@ -91,6 +100,10 @@ class Tailer:
                     budget_lines -= 1
                 batch.ends[item.stream] = (item.end, item.path)
             budget_bytes -= followed.offset - start
+            read_bytes += followed.offset - start
+            if followed.content is not None and followed.content.broken is None and followed.stream in batch.ends \
+                    and followed.at_end():
+                batch.complete.add(followed.stream)
             if budget_lines <= 0 or budget_bytes <= 0:
                 break
         for copy in [c for c in self._continuations if c.offset >= c.size()]:
@@ -102,6 +115,7 @@ class Tailer:
             copy.close()
         batch.records = len(messages) - (self.encoder.rejected_count - rejected_before)
         metrics.LINES_READ.labels("file").inc(len(batch.messages))
+        metrics.BYTES_READ.labels("file").inc(read_bytes)
         return batch
 
     async def _deliver(self, batch: Round) -> None:
@@ -109,10 +123,24 @@ class Tailer:
         metrics.RECORDS_PRODUCED.inc(batch.records)
         for stream, (end, path) in batch.ends.items():
             current = self.checkpoint.offset(stream)
-            if current is None or end > current:
-                self.checkpoint.advance(stream, end, path)
+            complete = stream in batch.complete
+            self.files.acknowledged(stream, end, complete)
+            if current is None or end > current or complete:
+                self.checkpoint.advance(stream, max(end, current or 0), path, complete)
                 self._unsaved_since = self._unsaved_since or time.monotonic()
         self._save_checkpoint_when_due()
+        self._lines_sent += len(batch.messages)
+        self._show_progress()
+
+    def _show_progress(self) -> None:
+        if self.progress is None:
+            return
+        for followed in self.files.files.values():
+            self._sizes[followed.stream] = followed.progress()
+        if not self._sizes:
+            return
+        self.progress.update(sum(d for d, _ in self._sizes.values()), sum(t for _, t in self._sizes.values()),
+                             self._lines_sent)
 
     def _save_checkpoint_when_due(self) -> None:
         interval = self.settings.tail.checkpoint_interval_s
@@ -175,6 +203,9 @@ class Tailer:
                 in_flight.cancel()
             await self.producer.stop()
             self._save_checkpoint()
+            if self.progress is not None:
+                self._show_progress()
+                self.progress.close()
             self.files.close()
             log.info("tailer stopped", checkpoint=str(self.store.path))
 

@@ -391,9 +391,11 @@ class MeterPartition:
         if ts > before:  # (the caller may have checked already: records mostly move time)
             self.upstream[route] = ts
             wm = self.watermark
-            # only a route that held time back (or this partition's own, which decides which
-            # forwarding routes count) can move it
-            if wm is None or before <= wm or route == self.partition or route in self.idle:
+            # only a route that held time back can move it, or this partition's own, which
+            # decides which forwarding routes are idle (at a second's precision: enough for a
+            # rule of a minute)
+            if wm is None or before <= wm or route in self.idle or (
+                    route == self.partition and ts // 1000 != before // 1000):
                 self._move(out)
 
     def _set_idle(self, route: int, idle: bool, out: BatchResult) -> None:

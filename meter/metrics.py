@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from meterstream.schemas.enums import LimitKind
+
 SYNC_PUBLISHED = Counter("meterstream_sync_published_total",
                          "Config states published to the compacted topics", ["topic"])
 SYNC_TOMBSTONES = Counter("meterstream_sync_tombstones_total",
@@ -32,8 +34,18 @@ UNPUBLISHABLE = Counter("meterstream_worker_unpublishable_total",
 INVALID_KEYS_UNTRACKED = Counter("meterstream_worker_invalid_keys_untracked_total",
                                  "Hits of unknown fingerprints not tracked for invalid_key events (past "
                                  "worker.invalid_keys_max per partition); their usage is still counted")
+RATE_REGIONS_UNTRACKED = Counter("meterstream_worker_rate_regions_untracked_total",
+                                 "Served requests of a region past the 16 tracked per customer and service: counted "
+                                 "in usage, not rate-limited")
 BAD_STATE = Counter("meterstream_worker_bad_state_total",
                     "Table values (changelog) that did not load and were taken as absent", ["table"])
+EVENT_TIME = Gauge("meterstream_worker_event_timestamp_seconds",
+                   "Kafka timestamp (for haproxy.logs: the request's time) of the last record a stage processed; "
+                   "time() minus it is the lag in seconds of event time while the consumer lag is above 0",
+                   ["topic", "partition"])
+CHECKPOINT_AGE = Gauge("meterstream_worker_checkpoint_age_seconds",
+                       "How long the oldest processed position not yet written to the positions table has waited "
+                       "(0: all written)")
 LAG = Gauge("meterstream_worker_consumer_lag", "Records between a partition's end and the worker's position",
             ["topic", "partition"])
 TABLE_KEYS = Gauge("meterstream_worker_table_keys", "Keys held in a worker table", ["table"])
@@ -48,6 +60,8 @@ LATENCY = Histogram("meterstream_worker_latency_seconds",
                     "From a request's time (HAProxy) to its usage being applied by the meter",
                     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300))
 
+for _kind in LimitKind:
+    LIMIT_EVENTS.labels(_kind.value)
 for _stage in ("meter", "forwarded"):
     for _action in ("sought", "accepted"):
         GAPS.labels(_stage, _action)

@@ -117,6 +117,12 @@ class Worker:
         self.usage_topic = settings.topic(topics.METER_USAGE)
         self.breaches_topic = settings.topic(topics.METER_BREACHES)
         self.rejected_topic = settings.topic(topics.HAPROXY_LOGS_REJECTED)
+        metrics.CHECKPOINT_AGE.set_function(self.checkpoint_age)
+
+    def checkpoint_age(self) -> float:
+        """Seconds the oldest processed position not yet in the positions table has waited."""
+        waiting = [s.unsaved_since for s in list(self.partitions.values()) if s.unsaved]
+        return time.monotonic() - min(waiting) if waiting else 0.0
 
     def health(self) -> tuple[bool, dict[str, object]]:
         refused_at = self.producer.refused_at
@@ -272,6 +278,8 @@ class Worker:
                 handle = self._meter_batch if stage == "meter" else self._forwarded_batch
                 await handle(state, tp, todo)
                 position.processed(offsets, step)
+                if todo[-1].timestamp > 0:
+                    metrics.EVENT_TIME.labels(tp.topic, str(tp.partition)).set(todo[-1].timestamp / 1000)
                 if not state.unsaved:
                     state.unsaved_since = time.monotonic()
                 state.unsaved[b"%s:%d" % (stage.encode(), tp.partition)] = position.expected
@@ -320,8 +328,11 @@ class Worker:
                 received.append((r.offset, unpack(r.value)))
             except WireError as exc:
                 dead.append(self._dead(tp.topic, tp.partition, r.offset, "invalid_record", str(exc), r.value))
-        result = state.meter.process_forwarded(received, _now_ms(), self._drained(tp, records[-1].offset),
-                                               self._changed(state), own_idle=await self._own_idle(state, tp.partition))
+        own_idle = await self._own_idle(state, tp.partition)
+        # "drained" publishes the changed windows at once: only when this partition's own
+        # records are read too (forwarded batches come often, and would publish them each time)
+        drained = own_idle and self._drained(tp, records[-1].offset)
+        result = state.meter.process_forwarded(received, _now_ms(), drained, self._changed(state), own_idle=own_idle)
         await self._apply("forwarded", state, tp, result, [], dead)
         metrics.BATCH_SECONDS.labels("forwarded").observe(time.perf_counter() - started)
 
@@ -387,6 +398,7 @@ class Worker:
         for reason, n in result.unauthenticated.items():
             metrics.UNAUTHENTICATED.labels(reason.value).inc(n)
         metrics.INVALID_KEYS_UNTRACKED.inc(result.untracked_invalid_keys)
+        metrics.RATE_REGIONS_UNTRACKED.inc(result.untracked_regions)
         self._lag(tp)
         for name, table in self.tables.items():
             metrics.TABLE_KEYS.labels(name).set(len(table.data))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import click
 from meterstream import __version__, builtin_keys, devmode, logs
 from meterstream import settings as settings_mod
 from meterstream.check import PROCESSES as CHECKED_PROCESSES
+from meterstream.schemas.enums import LimitKind
 from meterstream.settings import Settings
 
 
@@ -153,16 +155,22 @@ def parse(obj: Context, files: tuple[str, ...], fail_on_reject: bool) -> None:
 @click.option("--checkpoint", type=click.Path(dir_okay=False), default=None,
               help="Checkpoint file (default: tail.checkpoint_path).")
 @click.option("--once", is_flag=True, help="Stop once the files are read and acknowledged (an import).")
+@click.option("--progress/--no-progress", default=None,
+              help="Show the import's progress: a bar on a terminal, else a log line every "
+                   "tail.progress_interval_s (default: with --once).")
 @click.option("--http-port", type=int, default=None, help="Port of /metrics and /healthz (0: any).")
 @pass_ctx
-def tail(obj: Context, files: tuple[str, ...], checkpoint: str | None, once: bool,
+def tail(obj: Context, files: tuple[str, ...], checkpoint: str | None, once: bool, progress: bool | None,
          http_port: int | None) -> None:
     """Follow HAProxy log FILES (paths or globs; default: tail.paths) into haproxy.logs.
 
     Survives rotation by rename and by copytruncate; checkpoints only what Kafka
     acknowledged, so a crash repeats lines (same request ids) and never loses one.
-    Lines that do not parse go to haproxy.logs.rejected with their reason.
+    Lines that do not parse go to haproxy.logs.rejected with their reason. Compressed files
+    (gzip, zstd, bzip2, xz) are read as their content: `tail --once '/var/log/haproxy.log*'`
+    imports the archived rotations, and a second run sends nothing.
     """
+    from meterstream.ingest.progress import for_terminal_or_log
     from meterstream.ingest.tailer import Tailer
     from meterstream.service import serve
 
@@ -170,7 +178,9 @@ def tail(obj: Context, files: tuple[str, ...], checkpoint: str | None, once: boo
                                          **({"checkpoint_path": checkpoint} if checkpoint else {})},
                      http={"port": http_port} if http_port is not None else {})
     try:
-        tailer = Tailer(settings, once=once)
+        shown = for_terminal_or_log(settings.tail.progress_interval_s) if (once if progress is None else progress) \
+            else None
+        tailer = Tailer(settings, once=once, progress=shown)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     _run(serve("tail", settings, tailer.run, tailer.request_stop, tailer.health))
@@ -393,6 +403,97 @@ def topics_create(obj: Context, partitions: int) -> None:
 
     created = _run(ensure_topics(obj.settings, partitions))
     click.echo("created: " + ", ".join(created) if created else "all topics exist")
+
+
+_WHEN = click.DateTime(formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S"])
+
+
+def _utc(when: datetime) -> datetime:
+    return when.replace(tzinfo=UTC)
+
+
+def _report(coro: Any) -> str:
+    """A report's text; Postgres errors (unreachable, not migrated) as one line, exit 1."""
+    import asyncpg
+
+    try:
+        return str(_run(coro))
+    except (asyncpg.PostgresError, OSError) as exc:
+        raise click.ClickException(f"postgres: {type(exc).__name__}: {exc}") from None
+
+
+@main.group()
+def report() -> None:
+    """Reports read from Postgres: usage and charges, limit events."""
+
+
+@report.command("usage")
+@click.option("--from", "start", type=_WHEN, required=True, help="First hour (UTC), e.g. 2026-11-01.")
+@click.option("--to", "end", type=_WHEN, required=True, help="End (UTC, exclusive), e.g. 2026-12-01.")
+@click.option("--customer", type=int, default=None, help="Only this customer id.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@pass_ctx
+def report_usage(obj: Context, start: datetime, end: datetime, customer: int | None, fmt: str) -> None:
+    """Requests, billable requests and charges per customer and service, from usage_records
+    (the hours that start in [--from, --to)). Charges: $1.00 per 10,000 billable requests."""
+    from meterstream import pg
+    from meterstream.reports import USAGE_COLUMNS, render, usage
+
+    if end <= start:
+        raise click.UsageError("--to must be after --from")
+
+    async def go() -> str:
+        conn = await pg.connect(obj.settings, give_up_after_s=10)
+        try:
+            lines = await usage(conn, _utc(start), _utc(end), customer)
+        finally:
+            await conn.close()
+        return render(lines, fmt, f"usage {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC", USAGE_COLUMNS)
+
+    click.echo(_report(go()), nl=False)
+
+
+@report.command("limits")
+@click.option("--since", type=_WHEN, default=None, help="Events at or after this time (UTC; default: 24 hours ago).")
+@click.option("--customer", type=int, default=None, help="Only this customer id.")
+@click.option("--kind", type=click.Choice([k.value for k in LimitKind]), default=None, help="Only this kind.")
+@click.option("--limit", "count", type=click.IntRange(1, 100_000), default=100, show_default=True,
+              help="The latest this many events.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+@pass_ctx
+def report_limits(obj: Context, since: datetime | None, customer: int | None, kind: str | None, count: int,
+                  fmt: str) -> None:
+    """Recent limit events (limit_events), newest first."""
+    from meterstream import pg
+    from meterstream.reports import LIMIT_COLUMNS, limits, render
+
+    start = _utc(since) if since else datetime.now(UTC) - timedelta(hours=24)
+
+    async def go() -> str:
+        conn = await pg.connect(obj.settings, give_up_after_s=10)
+        try:
+            lines = await limits(conn, start, customer, kind, count)
+        finally:
+            await conn.close()
+        return render(lines, fmt, f"limit events since {start:%Y-%m-%d %H:%M} UTC", LIMIT_COLUMNS)
+
+    click.echo(_report(go()), nl=False)
+
+
+@main.group()
+def schemas() -> None:
+    """JSON Schemas of the topic values, for consumers of the topics."""
+
+
+@schemas.command("export")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+def schemas_export(directory: Path) -> None:
+    """Write one JSON Schema (draft 2020-12) per topic value into DIRECTORY:
+    <topic>.schema.json, from the pydantic models the processes write with."""
+    from meterstream.schemas.json_schemas import export
+
+    for path in export(directory):
+        click.echo(str(path))
 
 
 @main.group()

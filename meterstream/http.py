@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Gauge, generate_latest
 
 from meterstream import logs
 from meterstream.settings import HttpSettings
@@ -15,6 +15,8 @@ log = logs.get(__name__)
 
 # returns (healthy, details); details must hold no secrets
 HealthCheck = Callable[[], tuple[bool, dict[str, object]]]
+HEALTHY = Gauge("meterstream_healthy", "1 when the process's /healthz would answer 200, else 0 (read at each scrape)",
+                ["component"])
 
 
 @dataclass
@@ -28,6 +30,7 @@ class HttpEndpoint:
 
 async def start(settings: HttpSettings, health: HealthCheck, component: str) -> HttpEndpoint:
     async def metrics(_: web.Request) -> web.Response:
+        HEALTHY.labels(component).set(1 if health()[0] else 0)
         return web.Response(body=generate_latest(REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def healthz(_: web.Request) -> web.Response:

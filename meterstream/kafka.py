@@ -132,3 +132,19 @@ async def read_records_to_end(settings: Settings, topic: str, timeout_s: float =
         return out
     finally:
         await consumer.stop()
+
+
+async def delete_topics_with_prefix(bootstrap: str, prefix: str) -> list[str]:
+    """Deletes every topic whose name starts with ``prefix`` (a test's or a benchmark's own, and
+    the changelogs its worker created, so that they do not fill a shared broker); returns them."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    client = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await client.start()
+    try:
+        names = [t for t in await client.list_topics() if t.startswith(prefix)]
+        if names:
+            await client.delete_topics(names)
+        return names
+    finally:
+        await client.close()

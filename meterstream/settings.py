@@ -144,7 +144,8 @@ class TailSettings(Section):
     """`meterstream tail`: files (globs) followed into haproxy.logs."""
 
     paths: list[str] = Field(default_factory=list, description="files or globs to follow")
-    exclude: list[str] = Field(default_factory=lambda: ["*.gz", "*.bz2", "*.xz", "*.zst"])
+    exclude: list[str] = Field(default_factory=list, description="file names (globs) not to read; compressed "
+                                                                  "files (gzip, zstd, bzip2, xz) are read as their content")
     checkpoint_path: str = "meterstream-tail.checkpoint"
     checkpoint_interval_s: float = Field(default=1.0, gt=0)
     max_line_bytes: int = Field(default=64 * 1024, ge=1024)
@@ -153,6 +154,8 @@ class TailSettings(Section):
     poll_interval_s: float = Field(default=0.2, gt=0)
     rotate_grace_s: float = Field(default=2.0, ge=0, description="wait for late writes to a rotated file")
     host: str = Field(default="", description="source host in positions; default: this host's name")
+    progress_interval_s: float = Field(default=10.0, gt=0, description="an import's progress log line this often "
+                                                                      "(when standard error is not a terminal)")
 
 
 class ProduceSettings(Section):

@@ -65,12 +65,10 @@ class WindowRow(NamedTuple):
     counts: tuple[int, ...]
 
     def value(self) -> bytes:
-        c = self.counts
         return dumps_exact({"v": UsageWindow.SCHEMA_VERSION, "customer_id": self.customer_id,
-                             "service_type": self.service_type, "network": self.network,
-                             "window_start": self.window_start, "revision": self.revision, "final": self.final,
-                             "requests": c[0], "billable": c[1], "bytes_sent": c[2], "denied": c[3],
-                             "client_errors": c[4], "server_errors": c[5], "ta_sum_ms": c[6]})
+                            "service_type": self.service_type, "network": self.network,
+                            "window_start": self.window_start, "revision": self.revision, "final": self.final,
+                            **dict(zip(COUNTS, self.counts, strict=True))})
 
     def model(self) -> UsageWindow:
         return UsageWindow(customer_id=self.customer_id, service_type=self.service_type, network=self.network,

@@ -1,18 +1,24 @@
 """A message of a sink topic -> the row of its table, or the refusal that dead-letters it.
 
 Every value is validated by its wire model (schemas/), whose fields are bounded to what the
-table's columns hold: in one pass from the message bytes (pydantic-core parses and validates
-the JSON into the model, with no intermediate dict); the handler then builds the row. Whatever
-the bytes, ``row_of`` returns a row or raises ``Refused``: the sink sends that message to
-``haproxy.logs.rejected`` (built by ``dead_letter``) and goes on.
+table's columns hold: in one pass from the message bytes by the model's fast decoder
+(schemas/fast_decode.py: msgspec, generated from the model, which gives the field values
+without building the model's instance), or by pydantic-core (``validate_json``) for what the
+fast decoder defers, which decides and names the error. The handler then builds the row from
+the fields (attribute access: the fast decoder's Struct and the model's instance alike).
+Whatever the bytes, ``row_of`` returns a row or raises ``Refused``: the sink sends that message
+to ``haproxy.logs.rejected`` (built by ``dead_letter``) and goes on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from meterstream.schemas.fast_decode import fast_decoder
 from meterstream.schemas.records import RejectedLine, SourcePosition
 from meterstream.schemas.wire import WireError
 
@@ -36,13 +42,28 @@ def row_of(handler: ModuleType, value: bytes | None) -> tuple:
     if value is None:
         raise Refused(NULL_VALUE, "a message without a value (tombstone)")
     try:
-        model = handler.MODEL.__pydantic_validator__.validate_json(value)  # = MODEL.model_validate_json
-    except ValidationError as exc:
-        raise Refused(INVALID_RECORD, str(_wire_error(handler.MODEL.__name__, exc))) from None
+        fields = _FAST[handler.MODEL](value)
+    except KeyError:
+        fields = _fast_values(handler.MODEL)(value)
+    if fields is None:  # deferred: pydantic decides, and names the error
+        try:
+            fields = handler.MODEL.__pydantic_validator__.validate_json(value)  # = MODEL.model_validate_json
+        except ValidationError as exc:
+            raise Refused(INVALID_RECORD, str(_wire_error(handler.MODEL.__name__, exc))) from None
     try:
-        return handler.row(model)
+        return handler.row(fields)
     except (ValueError, OverflowError) as exc:  # a row builder's own check of a column
         raise Refused(INVALID_RECORD, f"{type(exc).__name__}: {exc}") from None
+
+
+# model -> its fast decoder's values(): the fields, or None where pydantic must decide
+_FAST: dict[type[BaseModel], Callable[[bytes], Any]] = {}
+
+
+def _fast_values(model: type[BaseModel]) -> Callable[[bytes], Any]:
+    decoder = fast_decoder(model)
+    _FAST[model] = decoder.values if decoder is not None else (lambda value: None)
+    return _FAST[model]
 
 
 def _wire_error(model: str, exc: ValidationError) -> WireError:

@@ -20,6 +20,10 @@ DEAD_LETTER_FAILURES = Counter("meterstream_sink_dead_letter_failures_total", "D
 BATCH_SECONDS = Histogram("meterstream_sink_batch_seconds", "One batch: staging COPY, insert and offsets",
                           buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
 FAILURES = Counter("meterstream_sink_postgres_failures_total", "Batches retried because Postgres failed")
+EVENT_TIME = Gauge("meterstream_sink_event_timestamp_seconds",
+                   "Kafka timestamp (for haproxy.logs: the request's time) of the last message committed; time() "
+                   "minus it is the lag in seconds of event time while the sink's lag is above 0",
+                   ["topic", "partition"])
 LAG = Gauge("meterstream_sink_lag_messages", "Messages between the sink's position and the end", ["topic", "partition"])
 
 # -- vault ------------------------------------------------------------------------------------
@@ -41,7 +45,17 @@ VAULT_INVALID_ROWS = Gauge("meterstream_vault_invalid_rows",
                            "table and key)", ["table"])
 VAULT_INVALID_NOTIFICATIONS = Counter("meterstream_vault_invalid_notifications_total",
                                       "Notifications whose payload is not one of ours (ignored)", ["channel"])
+VAULT_LAST_BUILD = Gauge("meterstream_vault_last_build_timestamp_seconds",
+                         "When the last build completed: the map, the version and vault.updates confirmed or "
+                         "brought up to date")
+VAULT_VERSION = Gauge("meterstream_vault_version", "The latest vault version (vault_versions)")
+VAULT_VERSION_TIME = Gauge("meterstream_vault_version_timestamp_seconds",
+                           "When the latest vault version was written (vault_versions.created_at)")
+VAULT_MAP_WRITE_TIME = Gauge("meterstream_vault_map_write_timestamp_seconds",
+                             "When this process last wrote the HAProxy map file (its content changed)")
 VAULT_DEAD_LETTERS = Counter("meterstream_vault_dead_letters_total",
                              "vault.updates messages whose key names no customer: dead-lettered and tombstoned")
+for _outcome in ("ok", "failed"):
+    VAULT_RUNTIME_UPDATES.labels(_outcome)
 for _table in ("service_instances", "seal_keys", "customers"):
     VAULT_INVALID_ROWS.labels(_table).set(0)

@@ -109,6 +109,7 @@ class PostgresSink:
         self.lock = asyncio.Lock()
         self.batch = Batch()
         self.expected: dict[TopicPartition, int] = {}  # next offset to take, per partition
+        self.taken_at: dict[TopicPartition, int] = {}  # Kafka timestamp (ms) of the last message taken
         self.conn: asyncpg.Connection | None = None
         self.consumer: AIOKafkaConsumer | None = None
         self.stop_requested = asyncio.Event()
@@ -218,6 +219,9 @@ class PostgresSink:
             for table, (new, taken) in written.items():
                 metrics.ROWS.labels(table).inc(new)
                 metrics.DUPLICATES.labels(table).inc(taken - new)
+            for tp in batch.next_offsets:
+                if self.taken_at.get(tp, 0) > 0:
+                    metrics.EVENT_TIME.labels(tp.topic, str(tp.partition)).set(self.taken_at[tp] / 1000)
             self.failure.recovered()
             self.batch = Batch()
 
@@ -296,6 +300,7 @@ class PostgresSink:
             taken.append((tp, offset, value, row))
         if expected != start:
             self.expected[tp] = batch.next_offsets[tp] = expected
+            self.taken_at[tp] = messages[-1].timestamp
 
     async def run(self) -> None:
         s = self.settings

@@ -23,17 +23,18 @@ _FIELD_OF = {
     "backend_id": "backend_id", "termination_state": "termination_state", "config_hex": "config_hex",
 }
 COLUMNS = (*_FIELD_OF, "source_stream", "source_offset")
-# one C call reads the fields out of a model's __dict__ (faster than attribute access)
-_fields = operator.itemgetter(*_FIELD_OF.values())
+# one C call reads the fields, the source position's too: of the fast decoder's Struct
+# (schemas/fast_decode.py) or of a LogRecord
+_fields = operator.attrgetter(*_FIELD_OF.values(), "src.stream", "src.offset")
 
 
 def row(r: LogRecord) -> tuple:
     """The row, as the sink's connections take it (sinks/pgvalues.py): ``ts`` in epoch
     milliseconds, the client address as a binary INET value (NULL when it is not an address).
-    The enumerations are ints (IntEnum), which asyncpg encodes as such."""
-    v = _fields(r.__dict__)
-    src = r.src
-    return (v[0], v[1], inet(v[2]), *v[3:], src.stream, src.offset)
+    The enumerations are ints (IntEnum), which asyncpg encodes as such. ``r`` is a LogRecord or
+    the fast decoder's Struct of one (the same fields)."""
+    v = _fields(r)
+    return (v[0], v[1], inet(v[2]), *v[3:])
 
 
 async def write(conn: asyncpg.Connection, rows: list[tuple]) -> int:

@@ -179,6 +179,7 @@ class Vault:
             self.map_content = content
             self.runtime_pending = set(self.settings.vault.runtime_sockets)
             metrics.VAULT_MAP_WRITES.inc()
+            metrics.VAULT_MAP_WRITE_TIME.set_to_current_time()
             log.info("map written", path=str(self.map_path), keys=len(state.map_lines))
         for socket in sorted(self.runtime_pending):
             try:
@@ -195,6 +196,9 @@ class Vault:
         if version is not None:
             metrics.VAULT_VERSIONS.inc()
             log.info("vault version written", version=version, customers=len(state.entries))
+        if self.store.latest is not None:
+            metrics.VAULT_VERSION.set(self.store.latest[0])
+            metrics.VAULT_VERSION_TIME.set(self.store.latest[1])
         for status in VaultStatus:
             metrics.VAULT_CUSTOMERS.labels(status.value).set(sum(1 for e in state.entries if e.status is status))
         # 3. vault.updates
@@ -207,6 +211,7 @@ class Vault:
             await self.producer.deliver(changed + gone, self._unpublishable)
             metrics.VAULT_UPDATES_PUBLISHED.inc(len(changed) + len(gone))
             self.published = current
+        metrics.VAULT_LAST_BUILD.set_to_current_time()
         return state
 
     def _map_directory(self) -> None:

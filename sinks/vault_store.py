@@ -51,6 +51,7 @@ class VaultStore:
         self.directory = directory
         self.sealer = Sealer(key_b64)
         self.previous = [Sealer(key) for key in previous_b64]
+        self.latest: tuple[int, float] | None = None  # the latest version and when it was written (epoch s)
 
     def path_of(self, version: int) -> Path:
         return self.directory / f"vault-{version:010d}.enc"
@@ -61,16 +62,21 @@ class VaultStore:
         digest = content_hash(content)
         async with conn.transaction():
             await conn.execute("LOCK TABLE vault_versions IN EXCLUSIVE MODE")  # one writer at a time
-            latest = await conn.fetchrow("SELECT version, content_hash FROM vault_versions "
-                                         "ORDER BY version DESC LIMIT 1")
+            latest = await conn.fetchrow("SELECT version, content_hash, extract(epoch FROM created_at) AS at "
+                                         "FROM vault_versions ORDER BY version DESC LIMIT 1")
+            if latest is not None:
+                self.latest = (latest["version"], float(latest["at"]))
             if latest is not None and latest["content_hash"] == digest:
                 return None
             version = 1 if latest is None else latest["version"] + 1
             path = self.path_of(version)
             self.directory.mkdir(parents=True, exist_ok=True)
             write_atomically(path, self.sealer.seal(content, _context(version)))
-            await conn.execute("INSERT INTO vault_versions (version, content_hash, customer_count, path) "
-                               "VALUES ($1, $2, $3, $4)", version, digest, len(entries), str(path))
+            created = await conn.fetchval(
+                "INSERT INTO vault_versions (version, content_hash, customer_count, path) "
+                "VALUES ($1, $2, $3, $4) RETURNING extract(epoch FROM created_at)",
+                version, digest, len(entries), str(path))
+        self.latest = (version, float(created))
         return version
 
     def decrypt(self, path: Path) -> bytes:

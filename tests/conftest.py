@@ -130,19 +130,14 @@ async def new_topic(services: Services) -> AsyncIterator[Callable[..., Awaitable
 @pytest.fixture
 async def ms_topics(services: Services) -> AsyncIterator[Settings]:
     """Settings whose topic prefix is this test's own, with SPEC §5's topics created
-    (2 partitions each); the topics are deleted afterwards."""
-    from meterstream.kafka import ensure_topics
+    (2 partitions each); every topic with the prefix is deleted afterwards."""
+    from meterstream.kafka import delete_topics_with_prefix, ensure_topics
 
     settings = settings_mod.load(None, kafka={"bootstrap": services.kafka_bootstrap,
                                               "topic_prefix": unique("t") + "."})
-    created = await ensure_topics(settings, partitions=2)
+    await ensure_topics(settings, partitions=2)
     yield settings
-    admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
-    await admin.start()
-    try:
-        await admin.delete_topics(created)
-    finally:
-        await admin.close()
+    await delete_topics_with_prefix(services.kafka_bootstrap, settings.kafka.topic_prefix)
 
 
 @pytest.fixture

@@ -77,7 +77,7 @@ def test_out_of_order_fresh_group_does_not_skip(consumer):
 
 def test_resume_after_commit_and_unacked_middle(consumer):
     consumer._committed_offset[tp] = consumer._read_offset[tp] = 500  # perform_seek
-    a, b, c_ = deliver(consumer, 500, 599), deliver(consumer, 600, 699), deliver(consumer, 700, 799)
+    a, _b, c_ = deliver(consumer, 500, 599), deliver(consumer, 600, 699), deliver(consumer, 700, 799)
     consumer.ack(a)
     consumer.ack(c_)  # b delivered but never acked: the gap mechanism must not cover it
     assert commit(consumer) == 600

@@ -11,6 +11,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
+from meterstream.kafka import delete_topics_with_prefix
 from tests.conftest import Services
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,9 +102,10 @@ async def test_demo_runs_the_pipeline_and_is_idempotent(tmp_path: Path, services
     admin = await asyncpg.connect(services.pg_admin_dsn)
     name = f"ms_demo_{uuid.uuid4().hex[:8]}"
     await admin.execute(f'CREATE DATABASE "{name}"')
+    prefix = f"demo{uuid.uuid4().hex[:6]}."
     try:
         env = {"MS_POSTGRES__DSN": services.dsn(name), "MS_KAFKA__BOOTSTRAP": services.kafka_bootstrap,
-               "MS_KAFKA__TOPIC_PREFIX": f"demo{uuid.uuid4().hex[:6]}.", "MS_LOG_LEVEL": "warning"}
+               "MS_KAFKA__TOPIC_PREFIX": prefix, "MS_LOG_LEVEL": "warning"}
         first = meterstream("demo", "--workdir", str(tmp_path / "demo"), env=env)
         assert first.returncode == 0, first.stderr
         assert "sink-postgres: haproxy_raw_logs holds 601 rows" in first.stdout
@@ -131,3 +133,4 @@ async def test_demo_runs_the_pipeline_and_is_idempotent(tmp_path: Path, services
     finally:
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
+        await delete_topics_with_prefix(services.kafka_bootstrap, prefix)

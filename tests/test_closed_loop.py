@@ -18,7 +18,7 @@ import pytest
 
 from meterstream import sample
 from meterstream import settings as settings_mod
-from meterstream.kafka import ensure_topics
+from meterstream.kafka import delete_topics_with_prefix, ensure_topics
 from meterstream.schemas.apikeys import fingerprint_of_hash, key_hash
 from tests.conftest import Services, unique
 from tests.helpers import EchoBackend, HAProxy, Process, wait_for
@@ -114,6 +114,16 @@ async def test_closed_loop_through_haproxy(services: Services, pg_dsn: str, pg: 
             await asyncio.sleep(0.02)  # ~40 requests a second
         assert throttled, "no 429 after 20 s at ~8x the rate"
         assert (await asyncio.to_thread(proxy.request, key=INITECH_KEY))[0] == 429
+        # its client keeps retrying at ~8x the rate: HAProxy refuses those (429), they are not
+        # served, so the breach clears (5 s here) while it retries (SPEC §6), and the customer is
+        # served again; served over the rate once more, it is throttled once more
+        answers: list[int] = []
+        started = time.monotonic()
+        while time.monotonic() - started < 40 and not (200 in answers and answers[-1] == 429):
+            answers.append((await asyncio.to_thread(proxy.request, key=INITECH_KEY))[0])
+            await asyncio.sleep(0.02)
+        assert 200 in answers, "never cleared while its client kept retrying"
+        assert answers[-1] == 429, "not throttled again when served over the rate"
         await until(INITECH_KEY, 200, 30.0, every=0.5)  # 2 requests a second: under the rate
 
         stop.set()
@@ -132,3 +142,4 @@ async def test_closed_loop_through_haproxy(services: Services, pg_dsn: str, pg: 
                 p.kill9()
         proxy.stop()
         backend.stop()
+        await delete_topics_with_prefix(services.kafka_bootstrap, settings.kafka.topic_prefix)

@@ -338,3 +338,36 @@ def test_rate_counts_what_haproxy_served() -> None:
             events += m.add(T0 + second * 1000 + 500 + i, traffic=3, status=429).events
     rate = [(e.kind, e.at) for e in events if e.kind in (LimitKind.RATE_EXCEEDED, LimitKind.RATE_CLEARED)]
     assert rate == [(LimitKind.RATE_EXCEEDED, T0 + 2_000), (LimitKind.RATE_CLEARED, T0 + 62_000)]
+
+
+def test_rate_trackers_per_service_are_bounded_in_regions() -> None:
+    """A customer's requests from 20 regions (server_id = region << 4): 16 are rate-tracked,
+    the others only counted (its limits value stays bounded whatever server ids arrive)."""
+    from meterstream.meter.aggregates import limits_key
+    from meterstream.meter.meter_stage import MAX_REGIONS
+
+    m = Meter()
+    configure(m.stage.view, InstanceState(customer_id=7, service_type=SEAL, tier=Tier.ENTERPRISE, guaranteed_rps=10))
+    untracked = 0
+    for region in range(MAX_REGIONS + 4):
+        m.offset += 1
+        record = LogRecord(ts=T0 + region, request_id=f"g{region}", client_ip="10.0.0.1", api_key_fp=5,
+                           service_type=SEAL, network=MAIN, traffic_type=1, status=200, bytes_sent=1,
+                           server_id=region << 4 | 1, src=SourcePosition(stream="f", offset=m.offset))
+        untracked += m.apply(m.stage.process([(m.offset, record)], T0, drained=False)).untracked_regions
+    assert untracked == 4 and len(m.tables.limits[limits_key(7)].rates) == MAX_REGIONS
+
+
+def test_customers_with_the_same_configuration_share_one_entry() -> None:
+    """The config view holds a customer's policy, allowances and partition as one tuple,
+    shared by every customer whose configuration is the same (700,000 entries in 40 MiB)."""
+    view = ConfigView(partition_of=lambda customer: customer % 4)
+    for c in range(1, 101):
+        configure(view, CustomerState(customer_id=c, balance_micros=10**9),
+                  InstanceState(customer_id=c, service_type=SEAL, tier=Tier.PRO))
+    assert len({id(view.customers[c]) for c in range(1, 101)}) == 4  # one per partition
+    assert view.allowance(5, SEAL) == 2_000 and view.allowance(5, ServiceType.GRPC) is None
+    assert view.partition(5) == 1 and view.partition(1_000) is None
+    assert view.policy(5).balance_micros == 10**9 and view.policy(1_000).balance_micros == 0
+    configure(view, CustomerState(customer_id=5, balance_micros=1))
+    assert view.policy(5).balance_micros == 1 and view.policy(9).balance_micros == 10**9

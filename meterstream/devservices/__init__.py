@@ -22,8 +22,10 @@ from meterstream.devservices.postgres import PostgresCluster
 from meterstream.devservices.system import ensure_debian
 
 # Debian packages of the tools the test suite and the benchmarks run: the real HAProxy (the
-# closed loop, HAProxy's own log lines) and kcat (the ingest benchmark's reference)
-TOOLS = ("haproxy", "kcat")
+# closed loop, HAProxy's own log lines), kcat (the ingest benchmark's reference), prometheus
+# (promtool: the scrape config, rules and dashboard queries of deploy/) and systemd
+# (systemd-analyze: the units of deploy/systemd)
+TOOLS = ("haproxy", "kcat", "prometheus", "systemd")
 
 
 def state_dir() -> Path:
