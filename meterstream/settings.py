@@ -15,7 +15,7 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -105,6 +105,18 @@ def key_bytes(secret: SecretStr, *, exact: int | None = None, minimum: int = 0) 
     return raw
 
 
+def _blank_is_unset(value: object, info: ValidationInfo) -> object:
+    """An empty key (``MS_VAULT__KEY_B64=`` in an environment file) is a key that is not
+    configured: its default (the built-in key in development mode, else none)."""
+    secret = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if isinstance(secret, str) and not secret.strip():
+        return _dev_default(_DEV_KEYS[info.field_name or ""])()
+    return value
+
+
+_DEV_KEYS = {"key_secret_b64": DEV_KEY_SECRET_B64, "key_store_b64": DEV_KEY_STORE_B64, "key_b64": DEV_VAULT_KEY_B64}
+
+
 class KeySettings(Section):
     key_secret_b64: SecretStr | None = Field(
         default_factory=_dev_default(DEV_KEY_SECRET_B64),
@@ -117,6 +129,8 @@ class KeySettings(Section):
         default_factory=list,
         description="earlier key-store keys, still read until `meterstream keys rotate-store` has re-sealed "
                     "every row under key_store_b64")
+
+    _blank_keys = field_validator("key_secret_b64", "key_store_b64", mode="before")(_blank_is_unset)
 
     @field_validator("key_secret_b64")
     @classmethod
@@ -294,6 +308,8 @@ class VaultSettings(Section):
                                                      "HAProxy's group reads it); no bits for others")
     map_group: str = Field(default="", description="group (name or gid) of the map file, e.g. haproxy; "
                                                    "default: the process's own")
+
+    _blank_key = field_validator("key_b64", mode="before")(_blank_is_unset)
 
     @field_validator("key_b64")
     @classmethod

@@ -64,6 +64,10 @@ def test_outside_development_mode_keys_have_no_default() -> None:
     assert out.returncode == 2 and "vault.key_b64 is not set" in out.stderr and "MS_VAULT__KEY_B64" in out.stderr
     out = run("keys", "rotate-store")
     assert out.returncode == 2 and "keys.key_store_b64 is not set" in out.stderr
+    # an empty value (`MS_VAULT__KEY_B64=` in an environment file) is a key that is not set
+    assert run("parse", env={"MS_KEYS__KEY_STORE_B64": "", "MS_KEYS__KEY_SECRET_B64": " "}).returncode == 0
+    out = run("vault", env={"MS_VAULT__KEY_B64": ""})
+    assert out.returncode == 2 and "vault.key_b64 is not set" in out.stderr
 
 
 def test_development_mode_must_be_on_or_off() -> None:
