@@ -1,1 +1,10 @@
-"""Benchmarks: each prints its figures beside a reference measured in the same run."""
+"""Benchmarks: each prints its figures beside a reference measured in the same run.
+
+They run in development mode (MS_DEV=1, docs/security.md): the built-in development keys and
+the local plaintext services, for this process and every process it starts. The real HAProxy
+they run (through tests/test_closed_loop.py) gets its HMAC key from tests/helpers.py.
+"""
+
+from meterstream import devmode
+
+devmode.enable()

@@ -10,7 +10,10 @@
 #
 # Installs what is missing (Debian's python3-venv if needed; the Python packages from PyPI);
 # idempotent: a second run reuses the environment unless pyproject.toml changed.
+# Every command runs in development mode (MS_DEV=1: the built-in development keys and the
+# local plaintext services, docs/security.md); a deployment never sets it.
 set -euo pipefail
+export MS_DEV=1
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # development mode (meterstream.devmode): whatever runs from here is a development run
@@ -89,7 +92,7 @@ case $command in
     exec "$venv/bin/meterstream" "$@"
     ;;
   *)
-    sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
     [[ $command == help || $command == -h || $command == --help ]] || exit 2
     ;;
 esac

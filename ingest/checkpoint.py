@@ -1,7 +1,8 @@
 """The tailer's durable checkpoint: for each file identity, the offset up to which every line
 has been acknowledged by Kafka.
 
-Written atomically (temp file, fsync, rename, fsync of the directory), with a SHA-256 of the
+Written atomically (meterstream/atomic_file.py: a temporary file created with O_EXCL |
+O_NOFOLLOW, fsync, rename, fsync of the directory), mode 0600, with a SHA-256 of the
 content inside, and the previous generation kept beside it. A file that is empty, truncated,
 NUL-filled or otherwise corrupt (power loss) fails its checksum: the previous generation is
 used, else nothing. Either way the tailer can only go back, never skip: going back repeats
@@ -19,10 +20,12 @@ from pathlib import Path
 import orjson
 
 from meterstream import logs
+from meterstream.atomic_file import write_atomically
 from meterstream.ingest.files import path_text
 
 log = logs.get(__name__)
 FORMAT = 1
+CHECKPOINT_MODE = 0o600
 
 
 @dataclass
@@ -102,19 +105,13 @@ class CheckpointStore:
         ).decode()
         payload = orjson.dumps({"format": FORMAT, "sha256": _digest(body), "body": body})
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "wb") as out:
-            out.write(payload)
-            out.flush()
-            os.fsync(out.fileno())
-        if self.path.exists() and self._read(self.path) is not None:
-            os.replace(self.path, self.previous)
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+
+        def keep_previous() -> None:
+            if self.path.exists() and self._read(self.path) is not None:
+                os.replace(self.path, self.previous)
+
+        # a temporary file created with O_EXCL | O_NOFOLLOW, flushed, renamed; the directory flushed
+        write_atomically(self.path, payload, CHECKPOINT_MODE, before_replace=keep_previous)
         checkpoint.written_at = time.monotonic()
 
 

@@ -10,24 +10,69 @@ from typing import Any
 
 import click
 
-from meterstream import __version__, logs
+from meterstream import __version__, builtin_keys, devmode, logs
 from meterstream import settings as settings_mod
+from meterstream.check import PROCESSES as CHECKED_PROCESSES
 from meterstream.schemas.enums import LimitKind
 from meterstream.settings import Settings
 
 
+class ConfigurationRefused(click.ClickException):
+    """The configuration does not load, or may not run here: exit 2, one line per problem,
+    never a secret's value (docs/security.md)."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+
+    def format_message(self) -> str:
+        return "configuration: " + self.message.replace("\n", "\nconfiguration: ")
+
+
 class Context:
+    """The settings of this run, loaded when a command first needs them (so that a
+    subcommand's --help works whatever the configuration holds)."""
+
     def __init__(self, config: str | None, log_level: str | None, log_format: str | None) -> None:
-        overrides: dict[str, Any] = {}
+        self.config = config
+        self.overrides: dict[str, Any] = {}
         if log_level:
-            overrides["log_level"] = log_level
+            self.overrides["log_level"] = log_level
         if log_format:
-            overrides["log_format"] = log_format
+            self.overrides["log_format"] = log_format
+        self._settings: Settings | None = None
+
+    def load(self) -> Settings:
+        """The settings, or ConfigurationRefused when they do not load (no refusal of
+        built-in keys here: `meterstream check` reports those itself)."""
         try:
-            self.settings: Settings = settings_mod.load(config, **overrides)
-        except (FileNotFoundError, ValueError) as exc:
-            raise click.UsageError(f"configuration: {exc}") from None
-        logs.configure(self.settings.log_level, self.settings.log_format)
+            return settings_mod.load(self.config, **self.overrides)
+        except FileNotFoundError as exc:
+            raise ConfigurationRefused([str(exc)]) from None
+        except settings_mod.ConfigError as exc:
+            raise ConfigurationRefused(exc.problems) from None
+
+    @property
+    def settings(self) -> Settings:
+        """The settings of a process: refused (exit 2) when they do not load or hold a built-in
+        key outside development mode (meterstream/builtin_keys.py)."""
+        if self._settings is None:
+            settings = self.load()
+            refused = builtin_keys.refusals(settings)
+            if refused:
+                raise ConfigurationRefused(refused)
+            logs.configure(settings.log_level, settings.log_format)
+            self._settings = settings
+        return self._settings
+
+    def needing(self, *keys: str) -> Settings:
+        """The settings, refused (exit 2) unless the key settings named are set."""
+        settings = self.settings
+        missing = builtin_keys.missing(settings, list(keys))
+        if missing:
+            raise ConfigurationRefused(missing)
+        return settings
 
 
 pass_ctx = click.make_pass_decorator(Context)
@@ -44,17 +89,25 @@ def main(ctx: click.Context, config: str | None, log_level: str | None, log_form
     """meterstream: HAProxy access logs -> Kafka -> per-customer metering -> Postgres and the vault.
 
     Configuration comes from --config FILE (TOML), then MS_* environment variables
-    (e.g. MS_KAFKA__BOOTSTRAP, MS_POSTGRES__DSN); the embedded defaults point at the local
-    services of `meterstream dev up`.
+    (e.g. MS_KAFKA__BOOTSTRAP, MS_POSTGRES__DSN). Keys have no default outside development
+    mode; MS_DEV=1 (development: deploy/dev.sh, the demo, the tests) gives them built-in
+    development keys and the defaults point at the local services of `meterstream dev up`
+    (docs/security.md).
     """
+    if ctx.invoked_subcommand == "demo":
+        devmode.enable()  # the demo is a development run, and so are the processes it starts
     ctx.obj = Context(config, log_level, log_format)
 
 
 def _run(coro: Any) -> Any:
+    from meterstream.pg_dsn import DsnError
+
     try:
         return asyncio.run(coro)
     except KeyboardInterrupt:
         sys.exit(130)
+    except DsnError as exc:  # asyncpg refused postgres.dsn: a configuration error, said without quoting it
+        raise ConfigurationRefused([str(exc)]) from None
 
 
 @main.command()
@@ -188,7 +241,8 @@ def worker(obj: Context, http_port: int | None, batch_records: int | None) -> No
 @main.group(invoke_without_command=True)
 @click.option("--http-port", type=int, default=None, help="Port of /metrics and /healthz (0: any).")
 @click.option("--runtime-socket", "runtime_sockets", multiple=True,
-              help="HAProxy Runtime API socket to update live (repeatable; path or host:port).")
+              help="HAProxy Runtime API socket to update live (repeatable; a Unix socket path, or host:port "
+                   "on loopback unless vault.runtime_allow_remote).")
 @click.pass_context
 def vault(ctx: click.Context, http_port: int | None, runtime_sockets: tuple[str, ...]) -> None:
     """Publish MA_VAULT: the HAProxy map (file, and live through the Runtime API), encrypted
@@ -201,8 +255,12 @@ def vault(ctx: click.Context, http_port: int | None, runtime_sockets: tuple[str,
 
     obj: Context = ctx.obj
     overrides: dict[str, Any] = {"runtime_sockets": list(runtime_sockets)} if runtime_sockets else {}
-    settings = _with(obj.settings, http={"port": http_port} if http_port is not None else {}, vault=overrides)
-    service = Vault(settings)
+    settings = _with(obj.needing("vault.key_b64"), http={"port": http_port} if http_port is not None else {},
+                     vault=overrides)
+    try:
+        service = Vault(settings)
+    except ValueError as exc:  # vault.map_group names no group of this host
+        raise ConfigurationRefused([f"vault.map_group: {exc}"]) from None
     _run(serve("vault", settings, service.run, service.request_stop, service.health))
 
 
@@ -212,11 +270,14 @@ def vault(ctx: click.Context, http_port: int | None, runtime_sockets: tuple[str,
               help="Write the JSON here (mode 0600) instead of standard output.")
 @pass_ctx
 def vault_decrypt(obj: Context, version_file: Path, output: Path | None) -> None:
-    """Decrypt a vault version file (vault-<version>.enc) with the configured vault key."""
+    """Decrypt a vault version file (vault-<version>.enc) with the configured vault key (or one of
+    vault.previous_keys_b64)."""
     from meterstream.crypto import DecryptError
     from meterstream.sinks.vault_store import VaultStore, write_atomically
 
-    store = VaultStore(version_file.parent, obj.settings.vault.key_b64.get_secret_value())
+    vault_settings = obj.needing("vault.key_b64").vault
+    store = VaultStore(version_file.parent, vault_settings.key_b64.get_secret_value(),
+                       [k.get_secret_value() for k in vault_settings.previous_keys_b64])
     try:
         content = store.decrypt(version_file)
     except DecryptError as exc:
@@ -243,10 +304,89 @@ def sink_postgres(obj: Context, http_port: int | None) -> None:
 
 
 def _with(settings: Settings, **sections: dict[str, Any]) -> Settings:
-    """Settings with some fields of some sections replaced (command-line flags)."""
-    updates = {name: getattr(settings, name).model_copy(update=values)
-               for name, values in sections.items() if values}
+    """Settings with some fields of some sections replaced (command-line flags), validated as
+    the configuration is (a --runtime-socket beyond loopback is refused like the setting)."""
+    from pydantic import ValidationError
+
+    updates = {}
+    for name, values in sections.items():
+        if values:
+            section = getattr(settings, name)
+            try:
+                updates[name] = type(section).model_validate({**dict(section), **values})
+            except ValidationError as exc:
+                raise ConfigurationRefused(settings_mod.redacted(exc, name)) from None
     return settings.model_copy(update=updates)
+
+
+@main.command()
+@click.option("--no-connect", is_flag=True, help="Check the configuration only: no Kafka, Postgres, files or sockets.")
+@click.option("--for", "processes", multiple=True, type=click.Choice(CHECKED_PROCESSES),
+              help="Check what this process needs (repeatable; default: every process).")
+@click.option("--timeout", type=click.FloatRange(0.1, 300), default=10.0, show_default=True,
+              help="Seconds each connection may take.")
+@pass_ctx
+def check(obj: Context, no_connect: bool, processes: tuple[str, ...], timeout: float) -> None:
+    """Check the configuration and, unless --no-connect, what the processes connect to:
+    Kafka topics (exist, compaction, partitions), Postgres migrations, the map path, the
+    HAProxy Runtime API sockets. Prints a line per problem (on stderr) and exits 1; exits 2
+    when the configuration does not load, holds a built-in key outside development mode, or
+    lacks a key a process needs; 0 when all is well."""
+    from meterstream import check as check_mod
+
+    try:
+        settings = obj.load()
+    except ConfigurationRefused as exc:
+        for line in exc.message.splitlines():
+            click.echo(f"problem: configuration: {line}", err=True)
+        sys.exit(2)
+    logs.configure(settings.log_level, settings.log_format)
+    report = check_mod.run(settings, list(processes) or list(CHECKED_PROCESSES), not no_connect, timeout)
+    for line in report.ok:
+        click.echo(f"ok: {line}")
+    for line in report.refused + report.problems:
+        click.echo(f"problem: {line}", err=True)
+    sys.exit(report.exit_code)
+
+
+@main.group()
+def keys() -> None:
+    """The key store: full API keys sealed in api_keys.api_key_id (docs/security.md)."""
+
+
+@keys.command("rotate-store")
+@click.option("--batch", type=click.IntRange(1, 100_000), default=500, show_default=True,
+              help="Rows re-sealed per transaction.")
+@pass_ctx
+def keys_rotate_store(obj: Context, batch: int) -> None:
+    """Re-seal every api_keys.api_key_id under keys.key_store_b64, opening each under the key
+    that sealed it (keys.key_store_previous_b64). Resumable: a second run goes on where one
+    stopped. Exits 1 when a row opens under no configured key (listed by fingerprint)."""
+    from meterstream import pg
+    from meterstream.key_rotation import Rotation, rotate_store
+    from meterstream.key_store import KeyStore
+
+    settings = obj.needing("keys.key_store_b64")
+    store = KeyStore.from_settings(settings)
+
+    def progress(done: Rotation) -> None:
+        click.echo(f"re-sealed {done.resealed} of {done.to_do}" + (f", {len(done.failed)} unreadable"
+                                                                  if done.failed else ""))
+
+    async def go() -> Rotation:
+        conn = await pg.connect(settings)
+        try:
+            return await rotate_store(conn, store, batch, progress)
+        finally:
+            await conn.close()
+
+    done = _run(go())
+    click.echo(f"key store: {done.resealed} rows re-sealed under key {store.current_id}, "
+               f"{done.total - done.to_do} were under it already")
+    if done.failed:
+        click.echo(f"{len(done.failed)} rows open under no configured key (fingerprints): "
+                   + ", ".join(done.failed[:50]) + (" ..." if len(done.failed) > 50 else ""), err=True)
+        sys.exit(1)
 
 
 @main.group()

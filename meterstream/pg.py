@@ -9,6 +9,7 @@ import asyncpg
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from meterstream import devmode, logs
+from meterstream.pg_dsn import FORM, DsnError, check
 from meterstream.settings import PostgresSettings, Settings
 
 log = logs.get(__name__)
@@ -84,11 +85,22 @@ async def connect(settings: Settings, *, dsn: str | None = None, give_up_after_s
         ),
     ):
         with attempt:
-            try:
-                return await asyncpg.connect(target, timeout=settings.postgres.connect_timeout_s, ssl=tls)
-            except Exception as exc:
-                refused = _refusal(exc, mode)
-                if refused is not None:
-                    raise refused from None
-                raise
+            return await _connect(target, settings.postgres.connect_timeout_s, tls, mode)
     raise AssertionError("unreachable")
+
+
+async def _connect(dsn: str, timeout_s: float, tls: ssl.SSLContext | str, mode: str) -> asyncpg.Connection:
+    """asyncpg.connect, whose errors about its arguments (a DSN it cannot parse) become
+    DsnError (asyncpg quotes what it could not read, which can be part of a password), and
+    whose refusals no retry mends (TLS, the login) PostgresAccessError."""
+    check(dsn)
+    try:
+        return await asyncpg.connect(dsn, timeout=timeout_s, ssl=tls)
+    except Exception as exc:
+        refused = _refusal(exc, mode)  # first: a certificate error is also a ValueError
+        if refused is not None:
+            raise refused from None
+        if isinstance(exc, asyncpg.ClientConfigurationError | ValueError | TypeError | OverflowError):
+            raise DsnError(f"postgres.dsn cannot be used: asyncpg refused it ({type(exc).__name__}; "
+                           f"the form is {FORM})") from None
+        raise

@@ -1,7 +1,8 @@
 """Loads the sample customers of deploy/sample/customers.json into Postgres, idempotently.
 
-Keys are stored as SPEC §1 decision 5 says: the full key AES-GCM encrypted in api_key_id, its
-HMAC in api_key_hash and the fingerprint in api_key_fp. Loading twice changes nothing.
+Keys are stored as SPEC §1 decision 5 says: the full key sealed in api_key_id (AES-256-GCM
+under the key-store key, bound to the row's hash: meterstream/key_store.py), its HMAC in
+api_key_hash and the fingerprint in api_key_fp. Loading twice changes nothing.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import asyncpg
 import orjson
 
 from meterstream import checkout_root
-from meterstream.crypto import Sealer
+from meterstream.builtin_keys import require
+from meterstream.key_store import KeyStore
 from meterstream.schemas.apikeys import fingerprint_of_hash, fingerprint_to_hex, key_hash
 from meterstream.schemas.enums import ServiceType
 from meterstream.settings import Settings
@@ -39,8 +41,8 @@ class Loaded:
 
 async def load(conn: asyncpg.Connection, settings: Settings, path: Path | None = None) -> Loaded:
     data: dict[str, Any] = json.loads((path or sample_file()).read_text())
-    secret = base64.b64decode(settings.keys.key_secret_b64.get_secret_value())
-    sealer = Sealer(settings.keys.key_store_b64.get_secret_value())
+    secret = base64.b64decode(require(settings, "keys.key_secret_b64"))
+    store = KeyStore.from_settings(settings)
     counts = {"customers": 0, "instances": 0, "api_keys": 0, "seal_keys": 0}
     async with conn.transaction():
         for c in data["customers"]:
@@ -70,7 +72,7 @@ async def load(conn: asyncpg.Connection, settings: Settings, path: Path | None =
                                              service_type, status, revoked_at)
                        VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $7 THEN now() END)
                        ON CONFLICT (api_key_hash) DO NOTHING""",
-                    sealer.seal_text(k["key"]), digest, fingerprint_of_hash(digest),
+                    store.seal(k["key"], digest), digest, fingerprint_of_hash(digest),
                     c["customer_id"], int(ServiceType.from_key_prefix(k["key"][0])),
                     k["status"], revoked,
                 )
@@ -106,7 +108,7 @@ def write_sample_log(path: Path, settings: Settings, data_file: Path | None = No
     if path.exists():
         return False
     data: dict[str, Any] = json.loads((data_file or sample_file()).read_text())
-    secret = base64.b64decode(settings.keys.key_secret_b64.get_secret_value())
+    secret = base64.b64decode(require(settings, "keys.key_secret_b64"))
     # (key, whether HAProxy's vault lets it through): revoked and unknown keys get 401
     keys = [(k["key"], k["status"] == "active") for c in data["customers"] for k in c["api_keys"]]
     keys += [("SunknownDemoKey000000000000000001", False), (None, False)]

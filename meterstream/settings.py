@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import tomllib
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
+    SettingsError,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
@@ -118,6 +121,16 @@ class PostgresSettings(Section):
                              "postgres.sslrootcert instead")
         return dsn
 
+    @field_validator("dsn")
+    @classmethod
+    def _usable_dsn(cls, dsn: SecretStr) -> SecretStr:
+        from meterstream.pg_dsn import problem  # says what is wrong without quoting the URI
+
+        found = problem(dsn.get_secret_value())
+        if found is not None:
+            raise ValueError(f"not a usable PostgreSQL URI: {found}")
+        return dsn
+
 
 class HttpSettings(Section):
     """The /metrics and /healthz endpoint every long-running process serves."""
@@ -126,12 +139,88 @@ class HttpSettings(Section):
     port: int = Field(default=0, ge=0, le=65535, description="0 picks a free port")
 
 
+# -- keys (docs/security.md) ------------------------------------------------------------------
+# The built-in development keys. They are public (this file), so they are the defaults only in
+# development mode (MS_DEV=1, meterstream/devmode.py); outside it a key setting that is not
+# configured is absent, and one that holds a built-in key is refused (meterstream/builtin_keys.py).
+DEV_KEY_SECRET_B64 = "bWV0ZXJzdHJlYW0tZGV2LWtleS1zZWNyZXQtMzJieXQ="
+DEV_KEY_STORE_B64 = "ZGV2LW9ubHktYXBpLWtleS1zdG9yZS1rZXktMzJieXQ="
+DEV_VAULT_KEY_B64 = "bWV0ZXJzdHJlYW0tZGV2LW9ubHktdmF1bHQta2V5ISE="
+
+
+def _dev_default(value: str) -> Callable[[], SecretStr | None]:
+    def default() -> SecretStr | None:
+        from meterstream import devmode
+
+        return SecretStr(value) if devmode.enabled() else None
+
+    return default
+
+
+def key_bytes(secret: SecretStr, *, exact: int | None = None, minimum: int = 0) -> bytes:
+    """The bytes of a base64 key setting; ValueError (never with the value) when it is not
+    base64 or has the wrong length."""
+    import base64
+    import binascii
+
+    try:
+        raw = base64.b64decode(secret.get_secret_value().strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not valid base64") from None
+    if exact is not None and len(raw) != exact:
+        raise ValueError(f"must be base64 of {exact} bytes")
+    if len(raw) < minimum:
+        raise ValueError(f"must be base64 of at least {minimum} bytes")
+    return raw
+
+
+def _blank_is_unset(value: object, info: ValidationInfo) -> object:
+    """An empty key (``MS_VAULT__KEY_B64=`` in an environment file) is a key that is not
+    configured: its default (the built-in key in development mode, else none)."""
+    secret = value.get_secret_value() if isinstance(value, SecretStr) else value
+    if isinstance(secret, str) and not secret.strip():
+        return _dev_default(_DEV_KEYS[info.field_name or ""])()
+    return value
+
+
+_DEV_KEYS = {"key_secret_b64": DEV_KEY_SECRET_B64, "key_store_b64": DEV_KEY_STORE_B64, "key_b64": DEV_VAULT_KEY_B64}
+
+
 class KeySettings(Section):
-    # HMAC-SHA256 secret HAProxy and the key store share (base64, as HAProxy's hmac converter
-    # takes it). The default is for local development only.
-    key_secret_b64: SecretStr = SecretStr("bWV0ZXJzdHJlYW0tZGV2LWtleS1zZWNyZXQtMzJieXQ=")
-    # AES-256-GCM key (base64 of 32 bytes) that encrypts api_keys.api_key_id at rest.
-    key_store_b64: SecretStr = SecretStr("ZGV2LW9ubHktYXBpLWtleS1zdG9yZS1rZXktMzJieXQ=")
+    key_secret_b64: SecretStr | None = Field(
+        default_factory=_dev_default(DEV_KEY_SECRET_B64),
+        description="HMAC-SHA256 secret HAProxy and the key store share (base64 of at least 32 bytes, as "
+                    "HAProxy's hmac converter takes it; HAProxy reads it from MS_KEY_SECRET_B64)")
+    key_store_b64: SecretStr | None = Field(
+        default_factory=_dev_default(DEV_KEY_STORE_B64),
+        description="AES-256-GCM key (base64 of 32 bytes) that seals api_keys.api_key_id; new seals use it")
+    key_store_previous_b64: list[SecretStr] = Field(
+        default_factory=list,
+        description="earlier key-store keys, still read until `meterstream keys rotate-store` has re-sealed "
+                    "every row under key_store_b64")
+
+    _blank_keys = field_validator("key_secret_b64", "key_store_b64", mode="before")(_blank_is_unset)
+
+    @field_validator("key_secret_b64")
+    @classmethod
+    def _hmac_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            key_bytes(value, minimum=32)
+        return value
+
+    @field_validator("key_store_b64")
+    @classmethod
+    def _store_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            key_bytes(value, exact=32)
+        return value
+
+    @field_validator("key_store_previous_b64")
+    @classmethod
+    def _previous_store_keys(cls, values: list[SecretStr]) -> list[SecretStr]:
+        for value in values:
+            key_bytes(value, exact=32)
+        return values
 
 
 class TailSettings(Section):
@@ -271,12 +360,80 @@ class VaultSettings(Section):
     directory: str = Field(default="meterstream-vault", description="where versions and the map are written")
     map_path: str = Field(default="", description="the HAProxy map file; default: <directory>/vault.map. "
                                                   "HAProxy must load it under this same path (MS_VAULT_MAP)")
-    # AES-256-GCM key of the versions (base64 of 32 bytes). The default is for local development only.
-    key_b64: SecretStr = SecretStr("bWV0ZXJzdHJlYW0tZGV2LW9ubHktdmF1bHQta2V5ISE=")
+    key_b64: SecretStr | None = Field(default_factory=_dev_default(DEV_VAULT_KEY_B64),
+                                      description="AES-256-GCM key (base64 of 32 bytes) of the vault versions")
+    previous_keys_b64: list[SecretStr] = Field(default_factory=list,
+                                               description="earlier vault keys: `vault decrypt` still reads the "
+                                                           "versions written under them")
     runtime_sockets: list[str] = Field(default_factory=list,
-                                       description="HAProxy Runtime API sockets (paths or host:port) to update live")
+                                       description="HAProxy Runtime API sockets to update live: Unix socket paths, "
+                                                   "or host:port on loopback (sinks/runtime_address.py)")
+    runtime_allow_remote: bool = Field(default=False,
+                                       description="allow a Runtime API address beyond loopback: plaintext, "
+                                                   "unauthenticated admin access over the network (docs/security.md)")
     interval_s: float = Field(default=30.0, gt=0, description="full rebuild period, besides notifications")
     debounce_s: float = Field(default=0.05, ge=0, description="wait after a notification for more to arrive")
+    map_mode: int = Field(default=0o600, description="file mode of the map (octal, e.g. \"0640\" so that "
+                                                     "HAProxy's group reads it); no bits for others")
+    map_group: str = Field(default="", description="group (name or gid) of the map file, e.g. haproxy; "
+                                                   "default: the process's own")
+
+    _blank_key = field_validator("key_b64", mode="before")(_blank_is_unset)
+
+    @field_validator("key_b64")
+    @classmethod
+    def _vault_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            key_bytes(value, exact=32)
+        return value
+
+    @field_validator("previous_keys_b64")
+    @classmethod
+    def _previous_vault_keys(cls, values: list[SecretStr]) -> list[SecretStr]:
+        for value in values:
+            key_bytes(value, exact=32)
+        return values
+
+    @field_validator("map_mode", mode="before")
+    @classmethod
+    def _octal_mode(cls, value: object) -> object:
+        if isinstance(value, str):  # "0640", "640", "0o640": octal, as chmod takes it
+            try:
+                return int(value.strip().removeprefix("0o"), 8)
+            except ValueError:
+                raise ValueError("an octal file mode such as 0640") from None
+        return value
+
+    @field_validator("map_mode")
+    @classmethod
+    def _mode_bits(cls, mode: int) -> int:
+        if mode & ~0o660 or mode & 0o600 != 0o600:
+            raise ValueError(f"{mode:#o}: the owner reads and writes (0600), the group may read or write "
+                             "(0640, 0660), others get nothing, and nothing is executable")
+        return mode
+
+    @field_validator("runtime_sockets")
+    @classmethod
+    def _runtime_addresses(cls, sockets: list[str]) -> list[str]:
+        from meterstream.sinks.runtime_address import parse  # the rules live beside the client
+
+        for socket in sockets:
+            try:
+                parse(socket)
+            except ValueError as exc:
+                raise ValueError(str(exc)) from None
+        return sockets
+
+    @model_validator(mode="after")
+    def _remote_runtime(self) -> VaultSettings:
+        from meterstream.sinks.runtime_address import parse
+
+        remote = [str(a) for a in map(parse, self.runtime_sockets) if not a.is_loopback]
+        if remote and not self.runtime_allow_remote:
+            raise ValueError(f"vault.runtime_sockets: {', '.join(remote)} is not loopback; the Runtime API is "
+                             "plaintext admin access: use a Unix socket or a loopback address, or set "
+                             "vault.runtime_allow_remote = true to accept the risk (docs/security.md)")
+        return self
 
     def map_file(self) -> Path:
         return Path(self.map_path) if self.map_path else Path(self.directory) / "vault.map"
@@ -294,7 +451,7 @@ class Settings(BaseSettings):
     kafka: KafkaSettings = KafkaSettings()
     postgres: PostgresSettings = PostgresSettings()
     http: HttpSettings = HttpSettings()
-    keys: KeySettings = KeySettings()
+    keys: KeySettings = Field(default_factory=KeySettings)
     tail: TailSettings = TailSettings()
     produce: ProduceSettings = ProduceSettings()
     parse: ParseSettings = ParseSettings()
@@ -302,7 +459,7 @@ class Settings(BaseSettings):
     sync: SyncSettings = SyncSettings()
     sink: SinkSettings = SinkSettings()
     worker: WorkerSettings = WorkerSettings()
-    vault: VaultSettings = VaultSettings()
+    vault: VaultSettings = Field(default_factory=VaultSettings)
     log_level: str = "info"
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
 
@@ -324,7 +481,25 @@ class Settings(BaseSettings):
 
 
 def load(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> Settings:
-    """Settings from (in order) overrides, the environment, the TOML file, the defaults."""
+    """Settings from (in order) overrides, the environment, the TOML file, the defaults.
+    Raises FileNotFoundError for a missing file and ConfigError for everything else."""
+    from meterstream import devmode
+
+    try:
+        devmode.enabled()  # the key defaults depend on it: a value that is neither on nor off stops here
+    except devmode.DevModeError as exc:
+        raise ConfigError([str(exc)]) from None
+    try:
+        return _load(config_file, **overrides)
+    except ValidationError as exc:
+        raise ConfigError(redacted(exc)) from None
+    except SettingsError as exc:  # a value that is not JSON where the setting needs it: names the field only
+        raise ConfigError([str(exc)]) from None
+    except tomllib.TOMLDecodeError as exc:  # says where (line, column), not what
+        raise ConfigError([f"{config_file or os.environ.get('MS_CONFIG')}: not TOML: {exc}"]) from None
+
+
+def _load(config_file: str | os.PathLike[str] | None, **overrides: Any) -> Settings:
     path = config_file or os.environ.get("MS_CONFIG")
     if path is None:
         return Settings(**overrides)
@@ -336,3 +511,28 @@ def load(config_file: str | os.PathLike[str] | None = None, **overrides: Any) ->
         model_config = SettingsConfigDict(**{**Settings.model_config, "toml_file": toml_file})
 
     return FileSettings(**overrides)
+
+
+# -- configuration errors that never echo a value (docs/security.md) --------------------------
+
+class ConfigError(ValueError):
+    """The configuration does not load. ``problems`` holds one line per problem: where (the
+    setting's dotted name) and what is wrong, never the value given, which may be a secret (the
+    value of a misspelt key such as ``[postgres] dns = "postgresql://app:password@..."``)."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def redacted(error: ValidationError, section: str = "") -> list[str]:
+    """One line per error of ``error`` (of the whole configuration, or of the ``section``
+    named): the setting and pydantic's message, without the ``input_value`` that ``str(error)``
+    prints."""
+    lines = []
+    for e in error.errors(include_url=False, include_input=False, include_context=False):
+        where = ".".join([section] * bool(section) + [str(part) for part in e["loc"]]) or "configuration"
+        message = "not a setting (misspelt?)" if e["type"] == "extra_forbidden" else e["msg"]
+        message = message.removeprefix("Value error, ")
+        lines.append(message if message.startswith(where) else f"{where}: {message}")
+    return lines

@@ -94,3 +94,30 @@ async def migrate(conn: asyncpg.Connection) -> list[Migration]:
         return done
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", LOCK_KEY)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """How a database stands against the migrations of this version (read only)."""
+
+    pending: list[Migration]  # not applied yet
+    unknown: list[str]  # applied there, unknown here (the database is newer than this code)
+    changed: list[str]  # applied, and their file has changed since
+
+    @property
+    def up_to_date(self) -> bool:
+        return not (self.pending or self.unknown or self.changed)
+
+
+async def status(conn: asyncpg.Connection) -> Status:
+    """What `migrate` would do or refuse, without doing it (`meterstream check`)."""
+    known = {m.version: m for m in available()}
+    if await conn.fetchval("SELECT to_regclass('schema_migrations')") is None:
+        return Status(list(known.values()), [], [])
+    applied = {r["version"]: r for r in await conn.fetch("SELECT version, name, checksum FROM schema_migrations")}
+    return Status(
+        pending=[m for v, m in known.items() if v not in applied],
+        unknown=[f"{v:04d}_{r['name']}" for v, r in sorted(applied.items()) if v not in known],
+        changed=[f"{v:04d}_{known[v].name}" for v, r in sorted(applied.items())
+                 if v in known and known[v].checksum != r["checksum"]],
+    )

@@ -5,12 +5,17 @@ map's whole content live, without a reload.
 it; ``commit map @<ver> <map>`` makes it the map's content at once (lookups see the old
 content or the new, never a mix). Commands are sent several to a connection, separated by
 ``;`` (the socket's non-interactive mode).
+
+The socket is a Unix socket path or a loopback ``host:port`` (sinks/runtime_address.py): the
+Runtime API is plaintext admin access.
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
+
+from meterstream.sinks.runtime_address import parse
 
 COMMANDS_PER_CONNECTION = 200
 
@@ -20,11 +25,11 @@ class RuntimeApiError(RuntimeError):
 
 
 async def _send(socket_path: str, command: str, timeout_s: float = 10.0) -> str:
-    if ":" in socket_path and not socket_path.startswith("/"):
-        host, port = socket_path.rsplit(":", 1)
-        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, int(port)), timeout_s)
+    address = parse(socket_path)  # settings refused a remote address unless allowed (docs/security.md)
+    if address.is_tcp:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(address.host, address.port), timeout_s)
     else:
-        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(socket_path), timeout_s)
+        reader, writer = await asyncio.wait_for(asyncio.open_unix_connection(address.path), timeout_s)
     try:
         writer.write(command.encode() + b"\n")
         await writer.drain()
@@ -50,3 +55,15 @@ async def replace_map(socket_path: str, map_name: str, lines: list[str]) -> int:
     if answer.strip():
         raise RuntimeApiError(f"commit map @{version} {map_name}: {answer.strip()[:200]}")
     return version
+
+
+async def answers(socket_path: str, timeout_s: float = 5.0) -> str | None:
+    """None when HAProxy answers ``show info`` on this socket; otherwise what went wrong
+    (`meterstream check`)."""
+    try:
+        answer = await _send(socket_path, "show info", timeout_s)
+    except (OSError, TimeoutError, ValueError) as exc:
+        return f"{type(exc).__name__}: {getattr(exc, 'strerror', None) or exc}"
+    if "Name:" not in answer:
+        return f"it answered, but not as HAProxy's Runtime API: {answer.strip()[:100]!r}"
+    return None

@@ -4,8 +4,10 @@ It rebuilds the vault (sinks/vault_state.py) when Postgres notifies a change (cu
 service instances, API keys: ``meterstream_config``; limit events, seal keys:
 ``meterstream_vault``), and every ``vault.interval_s`` in any case. Each build:
 
-1. writes the HAProxy map file (by rename, mode 0600) when its content changed, and replaces
-   the map live through every configured Runtime API socket (no reload);
+1. writes the HAProxy map file (by rename; mode ``vault.map_mode``, 0600 by default, and group
+   ``vault.map_group``, so that HAProxy running as its own user can read it) when its content
+   changed, and replaces the map live through every configured Runtime API socket (no reload;
+   Unix sockets or loopback: sinks/runtime_address.py);
 2. writes an encrypted version and its ``vault_versions`` row when the content hash changed
    (sinks/vault_store.py);
 3. publishes each changed entry to the compacted ``vault.updates`` (a tombstone for a customer
@@ -23,12 +25,14 @@ and tombstoned; a notification payload that is not one of ours is counted and ig
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
 import asyncpg
 
 from meterstream import logs, pg
+from meterstream.atomic_file import group_id, write_atomically
 from meterstream.kafka import read_records_to_end
 from meterstream.producer import Message, Refused, RoundProducer, insist
 from meterstream.schemas import topics
@@ -42,7 +46,7 @@ from meterstream.settings import Settings
 from meterstream.sinks import metrics
 from meterstream.sinks.haproxy_runtime import replace_map
 from meterstream.sinks.vault_state import SkippedRow, VaultState, build
-from meterstream.sinks.vault_store import VaultStore, map_text, write_atomically
+from meterstream.sinks.vault_store import VaultStore, map_text
 from meterstream.sinks.vault_updates import Foreign, held
 
 log = logs.get(__name__)
@@ -54,8 +58,13 @@ class Vault:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         cfg = settings.vault
-        self.store = VaultStore(Path(cfg.directory), cfg.key_b64.get_secret_value())
+        if cfg.key_b64 is None:
+            raise ValueError("vault.key_b64 is not set (MS_VAULT__KEY_B64)")
+        self.store = VaultStore(Path(cfg.directory), cfg.key_b64.get_secret_value(),
+                                [k.get_secret_value() for k in cfg.previous_keys_b64])
         self.map_path = cfg.map_file()
+        self.map_mode = cfg.map_mode
+        self.map_gid = group_id(cfg.map_group)  # ValueError for a group this host does not have
         self.published: dict[int, bytes] = {}  # customer -> the entry vault.updates holds
         self.map_content: bytes | None = None
         self.runtime_pending = set(cfg.runtime_sockets)  # sockets not yet given the current map
@@ -165,8 +174,8 @@ class Vault:
         # 1. what HAProxy enforces
         content = map_text(state.map_lines)
         if content != self.map_content:
-            self.map_path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomically(self.map_path, content)
+            self._map_directory()
+            write_atomically(self.map_path, content, self.map_mode, self.map_gid)
             self.map_content = content
             self.runtime_pending = set(self.settings.vault.runtime_sockets)
             metrics.VAULT_MAP_WRITES.inc()
@@ -204,6 +213,18 @@ class Vault:
             self.published = current
         metrics.VAULT_LAST_BUILD.set_to_current_time()
         return state
+
+    def _map_directory(self) -> None:
+        """Creates the map's directory when it is missing: its owner's, and traversable by the
+        map's group when the map is readable by it. An existing directory is left as it is."""
+        directory = self.map_path.parent
+        if directory.is_dir():
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.map_mode & 0o060:
+            if self.map_gid is not None:
+                os.chown(directory, -1, self.map_gid)
+            os.chmod(directory, 0o750)
 
     def _report(self, skipped: list[SkippedRow]) -> None:
         """The rows left out of this build: a log line when one is new (or its reason changed),

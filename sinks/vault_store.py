@@ -7,25 +7,29 @@ the plain HAProxy map file beside them (SPEC §7).
 - A version file is ``vault-<version>.enc``: AES-256-GCM (``meterstream.crypto.Sealer``,
   the `cryptography` library) of the canonical JSON, with the version number as associated
   data, so a file renamed to another version does not decrypt.
-- Files are written to a temporary file in the same directory, flushed to disk, made
-  ``0600`` (never world-readable) and renamed over the target: a reader sees the old file or
-  the new one, never half of one.
+- Files are written by ``meterstream.atomic_file.write_atomically``: a temporary file created
+  beside the target with ``O_EXCL | O_NOFOLLOW``, flushed to disk, made ``0600`` (never
+  world-readable) and renamed over the target: a reader sees the old file or the new one, never
+  half of one. (The map's mode and group are settings: sinks/vault.py.)
+- A version that does not decrypt under ``vault.key_b64`` is tried under each of
+  ``vault.previous_keys_b64`` (the versions written before the key was rotated).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import asyncpg
 import orjson
 
+from meterstream.atomic_file import FILE_MODE, write_atomically
 from meterstream.crypto import DecryptError, Sealer
 from meterstream.schemas.vault import VaultEntry
 
-FILE_MODE = 0o600
+__all__ = ["FILE_MODE", "VaultStore", "canonical", "content_hash", "map_text", "write_atomically"]
 _VERSION_FILE = re.compile(r"^vault-(\d+)\.enc$")
 
 
@@ -38,34 +42,15 @@ def content_hash(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
-def write_atomically(path: Path, data: bytes, mode: int = FILE_MODE) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.chmod(tmp, mode)  # whatever the umask
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # the rename itself survives a crash
-    finally:
-        os.close(dir_fd)
-
-
 def _context(version: int) -> bytes:
     return b"meterstream-vault:%d" % version
 
 
 class VaultStore:
-    def __init__(self, directory: Path, key_b64: str) -> None:
+    def __init__(self, directory: Path, key_b64: str, previous_b64: Iterable[str] = ()) -> None:
         self.directory = directory
         self.sealer = Sealer(key_b64)
+        self.previous = [Sealer(key) for key in previous_b64]
         self.latest: tuple[int, float] | None = None  # the latest version and when it was written (epoch s)
 
     def path_of(self, version: int) -> Path:
@@ -103,11 +88,13 @@ class VaultStore:
             sealed = path.read_bytes()
         except OSError as exc:
             raise DecryptError(f"cannot read {path}: {exc.strerror}") from None
-        try:
-            return self.sealer.open(sealed, _context(int(match.group(1))))
-        except DecryptError:
-            raise DecryptError(f"cannot decrypt {path.name}: wrong vault key, or the file was altered "
-                               "or renamed") from None
+        for sealer in (self.sealer, *self.previous):
+            try:
+                return sealer.open(sealed, _context(int(match.group(1))))
+            except DecryptError:
+                continue
+        raise DecryptError(f"cannot decrypt {path.name}: wrong vault key, or the file was altered "
+                           "or renamed")
 
 
 def map_text(lines: list[str]) -> bytes:

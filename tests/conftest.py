@@ -5,6 +5,9 @@ Set MS_TEST_EXTERNAL=1 to use already-running services named by MS_KAFKA__BOOTST
 other MS_KAFKA__* settings: TLS and SASL) and MS_TEST_PG_ADMIN_DSN instead. Every Kafka client
 of the tests is made from ``services.kafka`` (meterstream.kafka_clients). Each test gets its own database (a copy of a migrated template)
 and its own topics, so tests do not interfere.
+
+The tests run in development mode (MS_DEV=1, docs/security.md), and so do the processes they
+start; a test of production behaviour sets MS_DEV=0 for its own process.
 """
 
 from __future__ import annotations
@@ -18,12 +21,15 @@ import asyncpg
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from meterstream import devmode
 from meterstream import settings as settings_mod
 from meterstream.kafka_clients import client_kwargs
 from meterstream.schemas.migrate import migrate
 from meterstream.settings import KafkaSettings, Settings
 
 os.environ.setdefault("MS_DEV", "1")  # development mode (meterstream.devmode), for the processes too
+
+devmode.enable()
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from meterstream.kafka_clients import client_kwargs
-from meterstream.settings import KafkaSettings
+from meterstream.settings import DEV_KEY_SECRET_B64, KafkaSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -195,14 +195,18 @@ class EchoBackend:
 class HAProxy:
     """The real HAProxy running deploy/haproxy/haproxy.cfg, logging to a file."""
 
-    def __init__(self, workdir: Path, backend_port: int, vault_map: Path | None = None) -> None:
+    def __init__(self, workdir: Path, backend_port: int, vault_map: Path | None = None,
+                 key_secret_b64: str = DEV_KEY_SECRET_B64) -> None:
         self.workdir = workdir
         self.port = free_port()
         self.log = workdir / "haproxy.log"
         self.socket = workdir / "haproxy.sock"
         self.vault_map = vault_map or workdir / "vault.map"
         self.vault_map.touch()
-        self.env = {"MS_VAULT_MAP": str(self.vault_map), "MS_STATS_SOCKET": str(self.socket),
+        # haproxy.cfg holds no key: the HMAC key the test's keys are hashed with (the tests'
+        # settings hold the built-in development key)
+        self.env = {"MS_KEY_SECRET_B64": key_secret_b64,
+                    "MS_VAULT_MAP": str(self.vault_map), "MS_STATS_SOCKET": str(self.socket),
                     "MS_BIND": f"127.0.0.1:{self.port}", "MS_BACKEND": f"127.0.0.1:{backend_port}",
                     "MS_LOG_TARGET": "stdout"}
         self.proc: subprocess.Popen[bytes] | None = None

@@ -47,7 +47,8 @@ def test_one_unit_per_process_and_a_target() -> None:
     for service in SERVICES:
         text = unit_text(service)
         assert f"ExecStart={EXECUTABLE} {service.removeprefix('meterstream-').removesuffix('.service')}\n" in text
-        assert f"ExecStartPre={EXECUTABLE} check\n" in text
+        process = service.removeprefix("meterstream-").removesuffix(".service")
+        assert f"ExecStartPre={EXECUTABLE} check --for {process}\n" in text  # what this process needs
         assert "PartOf=meterstream.target" in text and "WantedBy=meterstream.target" in text
         assert "Restart=always" in text and "User=meterstream" in text
         assert "EnvironmentFile=/etc/meterstream/meterstream.env" in text

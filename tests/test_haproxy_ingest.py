@@ -4,7 +4,10 @@ tailer -> haproxy.logs."""
 from __future__ import annotations
 
 import base64
+import os
+import re
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +15,7 @@ import orjson
 import pytest
 
 from meterstream.schemas.apikeys import fingerprint_of_hash, key_hash
-from meterstream.settings import Settings
+from meterstream.settings import DEV_KEY_SECRET_B64, Settings
 from tests.helpers import ROOT, EchoBackend, HAProxy, Process, consume, require
 
 pytestmark = pytest.mark.services
@@ -30,13 +33,36 @@ def backend() -> Iterator[EchoBackend]:
     server.stop()
 
 
-def test_config_passes_haproxy_check(haproxy_installed: None) -> None:
-    import subprocess
+CONFIGS = [ROOT / "deploy/haproxy/haproxy.cfg", ROOT / "deploy/haproxy/httplog-captures.cfg"]
 
-    out = subprocess.run(["haproxy", "-c", "-f", str(ROOT / "deploy/haproxy/haproxy.cfg")],
-                         capture_output=True, text=True)
+
+def haproxy_check(cfg: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k != "MS_KEY_SECRET_B64"}
+    return subprocess.run(["haproxy", "-c", "-f", str(cfg)], capture_output=True, text=True, env={**clean, **env})
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda p: p.name)
+def test_config_passes_haproxy_check(haproxy_installed: None, cfg: Path) -> None:
+    out = haproxy_check(cfg, MS_KEY_SECRET_B64=DEV_KEY_SECRET_B64)
     assert out.returncode == 0, out.stderr
     assert "Configuration file is valid" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda p: p.name)
+def test_config_holds_no_key_and_refuses_to_run_without_one(haproxy_installed: None, cfg: Path) -> None:
+    """docs/security.md: HAProxy's check fails, with an alert naming the variable, when
+    MS_KEY_SECRET_B64 is missing or empty; the file holds no key at all."""
+    text = cfg.read_text()
+    assert DEV_KEY_SECRET_B64 not in text
+    tokens = re.split(r"[\s\"'(),]+", text)
+    assert not [t for t in tokens if len(t) >= 40 and not t.startswith("/")
+                and re.fullmatch(r"[A-Za-z0-9+/]+={0,2}", t)]  # no base64 key of any kind
+    missing = haproxy_check(cfg)
+    assert missing.returncode != 0
+    assert re.search(r"\[ALERT\].*MS_KEY_SECRET_B64 is not set", missing.stderr), missing.stderr
+    empty = haproxy_check(cfg, MS_KEY_SECRET_B64="")
+    assert empty.returncode != 0
+    assert re.search(r"\[ALERT\].*MS_KEY_SECRET_B64 is empty", empty.stderr), empty.stderr
 
 
 async def test_every_logged_request_is_a_record(

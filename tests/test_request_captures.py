@@ -241,7 +241,8 @@ def test_real_haproxy_httplog_lines_parse_by_the_documented_layouts(tmp_path: Pa
     log = tmp_path / "haproxy.log"
     with open(log, "wb") as out:
         haproxy = subprocess.Popen(["haproxy", "-f", str(cfg), "-db"], stdout=out, stderr=subprocess.DEVNULL, env={
-            **os.environ, "MS_BIND_PLAIN": f"127.0.0.1:{plain}", "MS_BIND_INTERNAL": f"127.0.0.1:{internal}",
+            **os.environ, "MS_KEY_SECRET_B64": Settings().keys.key_secret_b64.get_secret_value(),
+            "MS_BIND_PLAIN": f"127.0.0.1:{plain}", "MS_BIND_INTERNAL": f"127.0.0.1:{internal}",
             "MS_BACKEND": f"127.0.0.1:{backend.port}"})
     try:
         def get(port: int, head: str) -> None:
