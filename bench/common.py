@@ -33,7 +33,6 @@ def kafka_kwargs(bootstrap: str) -> dict:
 
 
 def services() -> DevServices:
-    os.environ.setdefault("MS_DEV", "1")  # a development run (meterstream.devmode), its processes too
     dev = DevServices.default()
     for line in dev.up():
         print(f"# {line}")

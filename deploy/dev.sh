@@ -16,8 +16,6 @@ set -euo pipefail
 export MS_DEV=1
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-# development mode (meterstream.devmode): whatever runs from here is a development run
-export MS_DEV=${MS_DEV:-1}
 venv=${MS_VENV:-$root/.venv}
 
 find_python() {

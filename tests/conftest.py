@@ -27,7 +27,6 @@ from meterstream.kafka_clients import client_kwargs
 from meterstream.schemas.migrate import migrate
 from meterstream.settings import KafkaSettings, Settings
 
-os.environ.setdefault("MS_DEV", "1")  # development mode (meterstream.devmode), for the processes too
 
 devmode.enable()
 
