@@ -99,7 +99,16 @@ def main(ctx: click.Context, config: str | None, log_level: str | None, log_form
     ctx.obj = Context(config, log_level, log_format)
 
 
+class AccessRefused(click.ClickException):
+    """Kafka or Postgres refuses this client for a reason no retry mends (TLS, the login):
+    exit 2, one line that names the setting to look at, never a secret."""
+
+    exit_code = 2
+
+
 def _run(coro: Any) -> Any:
+    from meterstream.kafka_access import KafkaAccessRefused
+    from meterstream.pg import PostgresAccessError
     from meterstream.pg_dsn import DsnError
 
     try:
@@ -108,6 +117,8 @@ def _run(coro: Any) -> Any:
         sys.exit(130)
     except DsnError as exc:  # asyncpg refused postgres.dsn: a configuration error, said without quoting it
         raise ConfigurationRefused([str(exc)]) from None
+    except (PostgresAccessError, KafkaAccessRefused) as exc:
+        raise AccessRefused(str(exc)) from None
 
 
 @main.command()

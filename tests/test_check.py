@@ -52,7 +52,9 @@ def environment(settings: Settings, dsn: str, tmp_path: Path, sockets: list[str]
     return {"MS_KAFKA__BOOTSTRAP": settings.kafka.bootstrap, "MS_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
             "MS_POSTGRES__DSN": dsn, "MS_VAULT__DIRECTORY": str(tmp_path / "vault"), "MS_VAULT__KEY_B64": VAULT_KEY,
             "MS_VAULT__MAP_MODE": "0640", "MS_VAULT__MAP_GROUP": str(os.getgid()),
-            "MS_VAULT__RUNTIME_SOCKETS": orjson.dumps(sockets or []).decode()}
+            "MS_VAULT__RUNTIME_SOCKETS": orjson.dumps(sockets or []).decode(),
+            # production mode, against the local plaintext Postgres (its TLS: tests/test_postgres_tls.py)
+            "MS_POSTGRES__SSLMODE": "disable"}
 
 
 def test_a_good_configuration_passes(ms_topics: Settings, pg_dsn: str, tmp_path: Path, haproxy: HAProxy) -> None:

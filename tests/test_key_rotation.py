@@ -42,10 +42,12 @@ async def add_key(pg: asyncpg.Connection, api_key: str, sealed_with: str) -> tup
     return api_key, digest
 
 
-def rotate_command(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+def rotate_command(dsn: str, *args: str, sslmode: str = "disable") -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MS_")}
-    env.update({"MS_POSTGRES__DSN": dsn, "MS_KEYS__KEY_STORE_B64": NEW,
-                "MS_KEYS__KEY_STORE_PREVIOUS_B64": orjson.dumps([OLD]).decode()})  # production: no MS_DEV
+    env.update({"MS_POSTGRES__DSN": dsn, "MS_KEYS__KEY_STORE_B64": NEW,  # production: no MS_DEV
+                "MS_KEYS__KEY_STORE_PREVIOUS_B64": orjson.dumps([OLD]).decode()})
+    if sslmode:  # the local Postgres is plaintext; "" leaves production's default, verify-full
+        env["MS_POSTGRES__SSLMODE"] = sslmode
     return subprocess.run([meterstream_exe(), "keys", "rotate-store", *args], capture_output=True, text=True,
                           timeout=120, env=env)
 
@@ -98,3 +100,13 @@ async def test_rotate_store_reseals_every_row_and_resumes(pg: asyncpg.Connection
         assert orjson.loads(notified[-1])["api_key_fp"] == fingerprint_of_hash(keys[0][1])
     finally:
         await listener.close()
+
+
+def test_a_refused_connection_is_one_line_and_exit_2(pg_dsn: str) -> None:
+    """Production's default sslmode (verify-full) against a Postgres without TLS: the command
+    says which setting to look at, in one line, without a traceback or the DSN."""
+    done = rotate_command(pg_dsn, sslmode="")
+    assert done.returncode == 2, done.stderr
+    assert "postgres.sslmode is verify-full" in done.stderr
+    assert "Traceback" not in done.stderr and pg_dsn not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
