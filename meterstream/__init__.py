@@ -1,10 +1,9 @@
 """meterstream: HAProxy access logs -> Kafka -> per-customer metering -> Postgres and the vault.
 
 The stages are top-level folders of the repository (``ingest/``, ``meter/``, ``sinks/``,
-``schemas/``) imported as ``meterstream.<stage>``. An installed wheel maps them there through
-``package-dir`` (pyproject.toml); in a source checkout the repository root is added to this
-package's search path, so the same imports work from a clone, an editable install and a wheel.
-See docs/layout.md.
+``schemas/``) imported as ``meterstream.<stage>`` through committed relative symlinks
+(``meterstream/schemas -> ../schemas``, ...), so a clone, an editable install, a wheel, mypy
+and editors all see one package tree. See docs/layout.md.
 """
 
 from __future__ import annotations
@@ -14,8 +13,6 @@ from pathlib import Path
 __version__ = "0.1.0"
 
 _checkout_root = Path(__file__).resolve().parent.parent
-if (_checkout_root / "schemas" / "__init__.py").is_file() and str(_checkout_root) not in __path__:
-    __path__.append(str(_checkout_root))
 
 
 def checkout_root() -> Path | None:
