@@ -182,10 +182,10 @@ class FileSet:
                 st = os.stat(path)
             except FileNotFoundError:
                 continue
-            followed = by_inode.get((st.st_dev, st.st_ino))
-            if followed is not None:
-                followed.path = path
-                seen.add((followed.dev, followed.ino, followed.head))
+            known = by_inode.get((st.st_dev, st.st_ino))
+            if known is not None:
+                known.path = path
+                seen.add((known.dev, known.ino, known.head))
                 continue
             opened = self._open(path)
             if opened is not None:
@@ -209,14 +209,20 @@ class FileSet:
             os.close(fd)
             return None
         key = (st.st_dev, st.st_ino, head)
-        if key in self.files:
-            os.close(fd)
-            return self.files[key]
+        if (known := self._already_followed(key, fd)) is not None:
+            return known
         stream = self.identity(*key)
         followed = FollowedFile(path, fd, st.st_dev, st.st_ino, head, stream,
                                 offset=min(self.resume.get(stream, 0), st.st_size))
         self.files[key] = followed
         return followed
+
+    def _already_followed(self, key: tuple[int, int, str], fd: int) -> FollowedFile | None:
+        """The file followed under this identity, if any (the new descriptor to it is closed)."""
+        known = self.files.get(key)
+        if known is not None:
+            os.close(fd)
+        return known
 
     def _open_compressed(self, path: str, fd: int, st: os.stat_result, kind: str) -> FollowedFile | None:
         """A compressed file, as the stream of the file it was compressed from when that one is
@@ -234,9 +240,8 @@ class FileSet:
             os.close(fd)
             return None
         key = (st.st_dev, st.st_ino, head)
-        if key in self.files:
-            os.close(fd)
-            return self.files[key]
+        if (known := self._already_followed(key, fd)) is not None:
+            return known
         same = f":{head}"
         if any(f.head == head for f in self.files.values()):
             # its original (or another copy) is being read: this one waits until it is gone
@@ -244,10 +249,10 @@ class FileSet:
             os.close(fd)
             return None
         self.deferred.pop((st.st_dev, st.st_ino), None)
-        known = [s for s in self.resume if s.endswith(same) and s.startswith(f"{self.host}:")]
+        streams = [s for s in self.resume if s.endswith(same) and s.startswith(f"{self.host}:")]
         # else a stream named by its content alone (a compressed file does not change): a copy
         # of the archive, or another run without this checkpoint, gives its lines the same positions
-        stream = max(known, key=lambda s: self.resume[s]) if known else f"{self.host}:z:{head}"
+        stream = max(streams, key=lambda s: self.resume[s]) if streams else f"{self.host}:z:{head}"
         offset = self.resume.get(stream, 0)
         if stream in self.complete:
             content.finish_at(offset)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from operator import itemgetter
-from typing import Any
+from typing import Any, cast
 
 import orjson
 from pydantic_core import SchemaValidator
@@ -80,7 +80,7 @@ def field_schemas(record_model: type[LogRecord] = LogRecord) -> tuple[dict[str, 
     return fields, config
 
 
-def _converted(schema: dict[str, Any], conversion: Callable[[Any], Any], as_logged_first: bool) -> dict[str, Any]:
+def _converted(schema: Any, conversion: Callable[[Any], Any], as_logged_first: bool) -> Any:
     """``conversion`` before the field's validator; a default (an absent key) stays outermost.
     ``as_logged_first``: the value as logged is tried first, and converted only if the model
     refuses it (for a conversion that leaves every value the model accepts unchanged)."""
@@ -115,7 +115,7 @@ class FastJson:
         # unknown keys are ignored (a newer HAProxy config may log more), as on the reference path;
         # only keys are cached: values (ids, addresses) rarely repeat and would churn the cache
         self._validator = SchemaValidator(cs.typed_dict_schema(fields, extra_behavior="ignore"),
-                                          config=cs.CoreConfig(**config, cache_strings="keys"))
+                                          config=cast(cs.CoreConfig, {**config, "cache_strings": "keys"}))
         # a value "-" or "" (however JSON spells it: "\\u002d" too) is an absent sample to the
         # reference path, which drops it before the model sees it: a line holding one in a field
         # a text can reach is deferred. Not in the converted fields, which read them as the
@@ -162,7 +162,8 @@ class FastJson:
         src = self.src_json(stream)
         if src is None:
             return [None] * len(lines)
-        validate, dash_or_empty, dash, keyed = self._validator.validate_json, self._dash_or_empty, self._dash, self._keyed
+        validate, keyed = self._validator.validate_json, self._keyed
+        dash_or_empty, dash = self._dash_or_empty, self._dash
         out: list[tuple[bytes, bytes, int] | None] = []
         append = out.append
         for raw in lines:

@@ -51,7 +51,7 @@ class Encoder:
         else:
             done = self.parser.fast.encoded_lines(lines, stream, offset)
         out = []
-        for data, fast in zip(lines, done):
+        for data, fast in zip(lines, done, strict=True):
             out.append(Message(topic, *fast) if fast is not None
                        else self.line_at(data, stream, offset, source, fast_tried=self.parser.fast is not None))
             offset += len(data) + 1

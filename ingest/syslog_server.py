@@ -58,7 +58,7 @@ class Received:
 
 @dataclass(slots=True, eq=False)
 class _Connection:
-    transport: asyncio.BaseTransport
+    transport: asyncio.WriteTransport
     task: asyncio.Task[None] | None
     last_active: float
     waiting: bool = False  # for room in the queue: the receiver, not the peer, is idle

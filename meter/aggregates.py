@@ -13,8 +13,8 @@ Values are compact JSON (orjson) lists; keys are bytes (see ``*_key``).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
-from collections.abc import Iterator, MutableMapping
 from typing import Any
 
 import orjson
@@ -163,7 +163,7 @@ class PartitionClock:
 # a value of one of the worker's tables (the positions table holds ints)
 StateValue = UsageMinute | CustomerLimits | InvalidKeyState | PartitionClock | int
 
-STATE_TYPES: dict[str, type] = {"usage": UsageMinute, "limits": CustomerLimits, "invalid": InvalidKeyState,
+STATE_TYPES: dict[str, Any] = {"usage": UsageMinute, "limits": CustomerLimits, "invalid": InvalidKeyState,
                                 "partition_clock": PartitionClock, "clock": int}
 
 
@@ -189,7 +189,7 @@ class StateTable(MutableMapping[bytes, Any]):
     def __init__(self, data: MutableMapping[bytes, Any], kind: str) -> None:
         self.data = data
         kind_type = STATE_TYPES[kind]
-        self.load = int if kind_type is int else kind_type.load
+        self.load: Callable[[Any], Any] = int if kind_type is int else kind_type.load
         self.cache: dict[bytes, Any] = {}
         self.bad: list[tuple[bytes, bytes]] = []
 

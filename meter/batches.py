@@ -41,15 +41,15 @@ one).
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any, AsyncIterator, Dict, List, Mapping, MutableMapping, Optional, Set, Tuple
-
-from mode.utils.futures import notify
+from collections.abc import AsyncIterator, Mapping, MutableMapping
+from typing import Any
 
 import faust
 from faust.transport import drivers
 from faust.transport.drivers import aiokafka as _ak
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage, ack_lock
+from mode.utils.futures import notify
 
 __all__ = ["BatchMessage", "BatchConsumer", "Transport", "enable", "batch_topics", "release", "broker_url"]
 
@@ -70,7 +70,7 @@ def enable(app: faust.App, *topic_names: str) -> None:
     names.update(topic_names)
 
 
-def batch_topics(app: Any) -> Set[str]:
+def batch_topics(app: Any) -> set[str]:
     return getattr(app, "_meterstream_batch_topics", set())
 
 
@@ -96,7 +96,7 @@ class BatchMessage(ConsumerMessage):
     first_offset: int
 
     @property
-    def records(self) -> List[Any]:
+    def records(self) -> list[Any]:
         return self.value  # type: ignore[return-value]
 
 
@@ -112,11 +112,11 @@ class BatchConsumerThread(_ak.AIOKafkaConsumerThread):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        self.seek_counts: Dict[TP, int] = defaultdict(int)
+        self.seek_counts: dict[TP, int] = defaultdict(int)
 
-    async def _fetch_records(self, consumer: Any, active_partitions: Set[TP],
-                             timeout: Optional[float] = None,
-                             max_records: Optional[int] = None) -> Any:
+    async def _fetch_records(self, consumer: Any, active_partitions: set[TP],
+                             timeout: float | None = None,
+                             max_records: int | None = None) -> Any:
         records = await super()._fetch_records(consumer, active_partitions, timeout=timeout,
                                                max_records=max_records)
         # no await between aiokafka returning the records and this snapshot: a seek
@@ -142,25 +142,25 @@ class BatchConsumer(_ak.Consumer):
         super().__init__(*args, **kwargs)
         # tp -> {last_offset: first_offset} of delivered (not yet credited) batches;
         # used when an ack bypasses Consumer.ack (Cython StreamIterator.after)
-        self._batch_first: MutableMapping[TP, Dict[int, int]] = defaultdict(dict)
+        self._batch_first: MutableMapping[TP, dict[int, int]] = defaultdict(dict)
         # tp -> acked [lo, hi) ranges not yet turned into a commit
-        self._batch_acked: MutableMapping[TP, List[Tuple[int, int]]] = defaultdict(list)
+        self._batch_acked: MutableMapping[TP, list[tuple[int, int]]] = defaultdict(list)
         # tp -> first offset of the batch being handed to _drain_messages (caps _add_gap)
-        self._gap_cap: Dict[TP, int] = {}
+        self._gap_cap: dict[TP, int] = {}
         # tp -> lowest first_offset delivered since assignment: the floor of the commit
         # check when nothing is committed yet (stock faust has no check then)
-        self._first_delivered: Dict[TP, int] = {}
+        self._first_delivered: dict[TP, int] = {}
         self.n_stale_dropped = 0   # batches dropped because fetched before a seek
 
     def _new_consumer_thread(self) -> BatchConsumerThread:
         return BatchConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     @property
-    def _batched(self) -> Set[str]:
+    def _batched(self) -> set[str]:
         return batch_topics(self.app)
 
     # -- delivery -------------------------------------------------------------------------
-    async def getmany(self, timeout: float) -> AsyncIterator[Tuple[TP, Any]]:  # type: ignore[override]
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
         """faust's Consumer.getmany (consumer.py:693-774), except that records of batch
         topics are yielded as one BatchMessage per tp."""
         records, active_partitions = await self._wait_next_records(timeout)
@@ -169,10 +169,9 @@ class BatchConsumer(_ak.Consumer):
             return
         batched_names = self._batched
         batched = {tp: recs for tp, recs in records.items() if tp.topic in batched_names and recs}
+        rest: Mapping[TP, list[Any]] = records
         if batched:
             rest = {tp: recs for tp, recs in records.items() if tp.topic not in batched_names}
-        else:
-            rest = records
         if not self.flow_active:
             self.log.dev("getmany called while flow not active. Seek back to committed offsets.")
             try:
@@ -221,13 +220,13 @@ class BatchConsumer(_ak.Consumer):
                     self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
                     yield tp, to_message(tp, record)
 
-    def _to_batch_message(self, tp: TP, recs: List[Any]) -> BatchMessage:
+    def _to_batch_message(self, tp: TP, recs: list[Any]) -> BatchMessage:
         first, last = recs[0], recs[-1]
         ts = last.timestamp
         msg = BatchMessage(
             last.topic, last.partition, last.offset,
             ts / 1000.0 if ts is not None else None,  # type: ignore[arg-type]
-            last.timestamp_type, None, None, recs, None,
+            last.timestamp_type, None, None, recs, None,  # type: ignore[arg-type]  # value: the records
             0, len(recs), tp, generation_id=self.app.consumer_generation_id,
         )
         msg.first_offset = first.offset
@@ -273,7 +272,7 @@ class BatchConsumer(_ak.Consumer):
             finally:
                 notify(self._waiting_for_ack)
 
-    def _new_offset(self, tp: TP) -> Optional[int]:
+    def _new_offset(self, tp: TP) -> int | None:
         if tp.topic not in self._batched:
             return super()._new_offset(tp)
         with ack_lock:
@@ -301,7 +300,7 @@ class BatchConsumer(_ak.Consumer):
                     ranges.extend(holes)
                     gap.chop(0, max(h for _, h in holes))
             ranges.sort()
-            merged: List[List[int]] = []
+            merged: list[list[int]] = []
             for lo, hi in ranges:
                 if merged and lo <= merged[-1][1]:
                     if hi > merged[-1][1]:
@@ -317,13 +316,13 @@ class BatchConsumer(_ak.Consumer):
                 self._batch_acked[tp] = [(lo, hi) for lo, hi in merged]
                 return None
             self._batch_acked[tp] = [(lo, hi) for lo, hi in merged[1:]]
-            registry = self._batch_first.get(tp)
-            if registry:
-                for last in [k for k in registry if k < end]:
-                    del registry[last]
+            firsts = self._batch_first.get(tp)
+            if firsts:
+                for last in [k for k in firsts if k < end]:
+                    del firsts[last]
             return end
 
-    async def on_partitions_revoked(self, revoked: Set[TP]) -> None:
+    async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         for tp in revoked:
             self._batch_first.pop(tp, None)
             self._batch_acked.pop(tp, None)

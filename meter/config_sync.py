@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 from aiokafka import AIOKafkaProducer
@@ -31,6 +30,7 @@ from meterstream import logs, pg
 from meterstream.kafka import read_to_end
 from meterstream.kafka_clients import client_kwargs
 from meterstream.meter import metrics
+from meterstream.pg import Row
 from meterstream.schemas import topics
 from meterstream.schemas.config import ApiKeyState, CustomerState, InstanceState
 from meterstream.schemas.money import cents_to_micros
@@ -65,13 +65,14 @@ Change = ApiKeyChanged | InstanceChanged | CustomerChanged
 
 _KEYS_SQL = """SELECT DISTINCT ON (api_key_fp) api_key_fp, api_key_hash, customer_id, service_type, status
                FROM api_keys {where} ORDER BY api_key_fp, (status = 'active') DESC"""
-_INSTANCES_SQL = "SELECT customer_id, service_type, tier, enabled, config::text AS config FROM service_instances {where}"
+_INSTANCES_SQL = ("SELECT customer_id, service_type, tier, enabled, config::text AS config "
+                  "FROM service_instances {where}")
 _CUSTOMERS_SQL = """SELECT customer_id, status, spend_cap_cents, spend_window, balance_cents,
                            committed_charges_cents FROM customers {where}"""
 
 
 # -- a row -> the value its topic should hold (WireError: the row makes no valid state) --------
-def key_state(row: Mapping[str, Any]) -> bytes | None:
+def key_state(row: Row) -> bytes | None:
     """meter.apikeys: the active key with this fingerprint, or a tombstone."""
     if row["status"] != "active":
         return None
@@ -80,14 +81,14 @@ def key_state(row: Mapping[str, Any]) -> bytes | None:
         "customer_id": row["customer_id"], "service_type": row["service_type"]}))
 
 
-def instance_state(row: Mapping[str, Any]) -> bytes:
+def instance_state(row: Row) -> bytes:
     config = instance_config(row["config"])
     return encode(validate(InstanceState, {
         "customer_id": row["customer_id"], "service_type": row["service_type"], "tier": row["tier"],
         "enabled": row["enabled"], "guaranteed_rps": config.guaranteed_rps, "burst_rps": config.burst_rps}))
 
 
-def customer_state(row: Mapping[str, Any]) -> bytes:
+def customer_state(row: Row) -> bytes:
     return encode(validate(CustomerState, {
         "customer_id": row["customer_id"], "status": row["status"],
         "spend_cap_micros": cents_to_micros(row["spend_cap_cents"]), "spend_window": row["spend_window"],
@@ -103,8 +104,8 @@ class Table:
     topic: str
     sql: str
     where: str  # the row one notification names
-    slot: Callable[[Mapping[str, Any]], bytes]  # the topic key of a row (or of a change)
-    state: Callable[[Mapping[str, Any]], bytes | None]
+    slot: Callable[[Row], bytes]  # the topic key of a row (or of a change)
+    state: Callable[[Row], bytes | None]
 
 
 TABLES = {
@@ -180,7 +181,8 @@ class ConfigSync:
     def health(self) -> tuple[bool, dict[str, object]]:
         return self.failure.healthy(), {"failing_s": round(self.failure.seconds(), 1),
             "published": len(self.published), "invalid_rows": len(self.invalid),
-            "last_reconcile_s": None if self.last_reconcile is None else round(time.monotonic() - self.last_reconcile, 1)}
+            "last_reconcile_s": (None if self.last_reconcile is None
+                                 else round(time.monotonic() - self.last_reconcile, 1))}
 
     # -- Kafka -----------------------------------------------------------------------------
     async def _publish(self, items: list[tuple[Slot, bytes | None]]) -> None:
@@ -214,7 +216,7 @@ class ConfigSync:
     # -- Postgres ----------------------------------------------------------------------------
     async def _listen(self) -> None:
         self.conn = await pg.connect(self.settings)
-        await self.conn.add_listener(CHANNEL, self._on_notify)
+        await self.conn.add_listener(CHANNEL, self._on_notify)  # type: ignore[arg-type]  # payload: str
 
     def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         metrics.SYNC_NOTIFICATIONS.inc()
@@ -242,7 +244,8 @@ class ConfigSync:
         started = time.monotonic()
         desired, invalid = await desired_state(self.conn)
         self._note_invalid(invalid, full=True)
-        stale = [(slot, None) for slot in self.published if slot not in desired and slot not in invalid]
+        stale: list[tuple[Slot, bytes | None]] = [(slot, None) for slot in self.published
+                                                   if slot not in desired and slot not in invalid]
         changed = [(slot, value) for slot, value in desired.items() if self._differs(slot, value)]
         await self._publish(changed + stale)
         metrics.SYNC_RECONCILE_SECONDS.observe(time.monotonic() - started)
@@ -266,7 +269,8 @@ class ConfigSync:
                 log.error("configuration row skipped: it makes no valid state", table=TABLE_OF_TOPIC[slot[0]],
                           key=slot[1].decode(errors="replace"), error=why[:300])
         for slot in before.keys() - after.keys():
-            log.info("configuration row valid again", table=TABLE_OF_TOPIC[slot[0]], key=slot[1].decode(errors="replace"))
+            log.info("configuration row valid again", table=TABLE_OF_TOPIC[slot[0]],
+                     key=slot[1].decode(errors="replace"))
         self.invalid = after
         for table in TABLES:
             INVALID_ROWS.labels(table).set(sum(1 for slot in after if TABLE_OF_TOPIC[slot[0]] == table))

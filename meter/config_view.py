@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable
+from typing import cast
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
@@ -24,9 +25,9 @@ from aiokafka.errors import KafkaError
 from meterstream import logs
 from meterstream.kafka import partitions_of
 from meterstream.kafka_clients import client_kwargs
-from meterstream.schemas import topics
 from meterstream.meter.rate import allowance
 from meterstream.meter.spend import SpendPolicy
+from meterstream.schemas import topics
 from meterstream.schemas.config import ApiKeyState, CustomerState, InstanceState
 from meterstream.schemas.enums import ApiKeyStatus
 from meterstream.schemas.wire import WireError, decode
@@ -65,7 +66,7 @@ class ConfigView:
 
     def allowance(self, customer: int, service: int) -> int | None:
         found = self.customers.get(customer)
-        return None if found is None else found[service]
+        return None if found is None else cast("int | None", found[service])  # 1-3: an allowance
 
     def policy(self, customer: int) -> SpendPolicy:
         found = self.customers.get(customer)

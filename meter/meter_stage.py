@@ -447,8 +447,9 @@ class MeterPartition:
                 limits[lkey] = cl
                 self._evaluate_spend(customer, cl, out)
         forget = self.watermark - self.rules.retention_ms - HOUR_MS
-        for cl in limits.values():
-            cl.seen.forget_before(forget)
+        for held in limits.values():
+            if held is not None:
+                held.seen.forget_before(forget)
         self._publish_windows(out, drained)
         self._expire(out)
 

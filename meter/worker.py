@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import faust
 from aiokafka.partitioner import DefaultPartitioner
@@ -180,8 +181,8 @@ class Worker:
 
         # values are serialized by meter.aggregates and written by the worker itself (_changes);
         # faust recovers them as they are (raw), and StateTable reads them
-        def table(name: str) -> faust.Table:
-            return app.Table(name, partitions=count, key_type=bytes, value_type=bytes)  # bytes: "raw"
+        def table(name: str) -> faust.Table:  # bytes: "raw"
+            return cast(faust.Table, app.Table(name, partitions=count, key_type=bytes, value_type=bytes))
 
         self.tables = {name: table(name.replace("_", "-")) for name in TABLE_KINDS}
         self.positions = table("positions")
@@ -242,7 +243,7 @@ class Worker:
         await self.ready.wait()
         await self._load_recent()
         state: PartitionState | None = None
-        batch_stream = stream.noack()
+        batch_stream = stream.noack()  # type: ignore[attr-defined]  # faust.Stream's, not in StreamT
         try:
             async for event in batch_stream.events():  # one event: a fetched batch of the partition
                 message = event.message
@@ -286,6 +287,7 @@ class Worker:
                     metrics.EVENT_TIME.labels(tp.topic, str(tp.partition)).set(todo[-1].timestamp / 1000)
                 if not state.unsaved:
                     state.unsaved_since = time.monotonic()
+                assert position.expected is not None  # set by processed()
                 state.unsaved[b"%s:%d" % (stage.encode(), tp.partition)] = position.expected
             except (asyncio.CancelledError, Stopped):
                 raise  # a rebalance or a stop: nothing of the batch is acknowledged
@@ -295,6 +297,7 @@ class Worker:
         if step.action is Action.SEEK:
             # seek_wait runs on faust's consumer thread; Consumer.seek would touch aiokafka's
             # fetcher from this one (seen: a KeyError in fetched_records killed the consumer)
+            assert step.seek_to is not None  # a SEEK step names its offset
             await self.app.consumer.seek_wait({tp: step.seek_to})  # type: ignore[union-attr]
         return step.end == len(records)
 
@@ -484,8 +487,9 @@ class Worker:
             return
         state = self.partitions.get(tp.partition)
         stage = "meter" if tp.topic == self.names["meter"] else "forwarded"
-        if high is not None and state is not None and state.positions[stage].expected is not None:
-            metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(high - state.positions[stage].expected, 0))
+        expected = state.positions[stage].expected if state is not None else None
+        if high is not None and expected is not None:
+            metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(high - expected, 0))
 
     # -- limit events published before --------------------------------------------------------
     async def _load_recent(self) -> None:
@@ -546,8 +550,8 @@ def run(settings: Settings) -> int:
     worker = Worker(settings)
     app = worker.build(next(iter(counts.values())))
     log.info("worker starting", app_id=app.conf.id, partitions=worker.count)
-    faust_worker = faust.Worker(app, loglevel=os.environ.get("MS_FAUST_LOGLEVEL", "WARNING"), quiet=True, redirect_stdouts=False,
-                                override_logging=False)
+    faust_worker = faust.Worker(app, loglevel=os.environ.get("MS_FAUST_LOGLEVEL", "WARNING"), quiet=True,
+                                redirect_stdouts=False, override_logging=False)
     faust_worker.execute_from_commandline()
     return 0
 

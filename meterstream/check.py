@@ -173,7 +173,8 @@ async def map_path(settings: Settings) -> Found:
     problem = await asyncio.to_thread(probe, path, cfg.map_mode, gid)
     if problem is not None:
         return [], [f"vault.map_path: cannot write the map {path}: {problem}"]
-    return [f"vault.map_path: {path} writable (mode {cfg.map_mode:04o}{f', group {cfg.map_group}' if gid is not None else ''})"], []
+    group = f", group {cfg.map_group}" if gid is not None else ""
+    return [f"vault.map_path: {path} writable (mode {cfg.map_mode:04o}{group})"], []
 
 
 async def runtime_sockets(settings: Settings, timeout_s: float) -> Found:

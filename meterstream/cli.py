@@ -287,6 +287,7 @@ def vault_decrypt(obj: Context, version_file: Path, output: Path | None) -> None
     from meterstream.sinks.vault_store import VaultStore, write_atomically
 
     vault_settings = obj.needing("vault.key_b64").vault
+    assert vault_settings.key_b64 is not None  # needing() refused an unset key
     store = VaultStore(version_file.parent, vault_settings.key_b64.get_secret_value(),
                        [k.get_secret_value() for k in vault_settings.previous_keys_b64])
     try:

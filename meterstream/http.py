@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -45,6 +46,8 @@ async def start(settings: HttpSettings, health: HealthCheck, component: str) -> 
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001 - the bound port when 0 was asked
+    server = site._server  # noqa: SLF001 - the bound port when 0 was asked
+    assert isinstance(server, asyncio.Server)
+    port = server.sockets[0].getsockname()[1]
     log.info("http endpoint listening", host=settings.host, port=port, paths=["/metrics", "/healthz"])
     return HttpEndpoint(runner, port)

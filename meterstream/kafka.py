@@ -87,9 +87,10 @@ async def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
 
 
 async def read_to_end(settings: Settings, topic: str, timeout_s: float = 30.0,
-                      since_ms: int | None = None) -> list[tuple[bytes | None, bytes]]:
+                      since_ms: int | None = None) -> list[tuple[bytes | None, bytes | None]]:
     """Every (key, value) of ``topic`` up to its end offsets at the call: from the beginning,
-    or from the first message written at or after ``since_ms`` (broker time)."""
+    or from the first message written at or after ``since_ms`` (broker time); a tombstone's
+    value is None."""
     return [(key, value) for _, _, key, value in await read_records_to_end(settings, topic, timeout_s, since_ms)]
 
 

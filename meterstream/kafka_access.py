@@ -45,7 +45,7 @@ def refusal(exc: BaseException, server: str, kafka: KafkaSettings) -> KafkaAcces
         return KafkaAccessRefused(f"kafka: {server} refused this client's TLS certificate (kafka.ssl_certfile): "
                                   f"{cause.reason or type(cause).__name__}")
     if isinstance(exc, KafkaConnectionError) and isinstance(cause, asyncio.IncompleteReadError) \
-            and _tls_record(cause.expected):
+            and cause.expected is not None and _tls_record(cause.expected):
         return KafkaAccessRefused(f"kafka: {server} answered in TLS, and kafka.security_protocol is "
                                   f"{kafka.security_protocol}: use SSL or SASL_SSL for that listener")
     if isinstance(exc, KafkaSecurityError):

@@ -42,6 +42,7 @@ async def rotate_store(conn: asyncpg.Connection, store: KeyStore, batch_rows: in
     prefix = f"{store.current_id}:"
     counts = await conn.fetchrow("SELECT count(*) AS total, count(*) FILTER (WHERE NOT starts_with(api_key_id, $1)) "
                                  "AS to_do FROM api_keys", prefix)
+    assert counts is not None  # an aggregate without GROUP BY returns one row
     done = Rotation(total=counts["total"], to_do=counts["to_do"])
     after = ""
     while True:

@@ -26,7 +26,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from meterstream.crypto import DecryptError, SealError, Sealer, decode_key
+from meterstream.crypto import DecryptError, Sealer, SealError, decode_key
 
 COLUMN_CHARS = 100  # api_keys.api_key_id VARCHAR(100)
 _LABEL = b"meterstream api_keys.api_key_id"
@@ -114,11 +114,11 @@ class KeyStore:
                     except DecryptError:
                         continue
                 raise KeyStoreError("the sealed key (without a key id) opens under no configured key-store key")
-            sealer = self._sealers.get(found.key_id)
-            if sealer is None:
+            keyed = self._sealers.get(found.key_id)
+            if keyed is None:
                 raise KeyStoreError(f"the sealed key is under key id {found.key_id}, which is not configured "
                                     "(keys.key_store_b64, keys.key_store_previous_b64)")
-            return sealer.open_text(found.body, _context(found.key_id, digest))
+            return keyed.open_text(found.body, _context(found.key_id, digest))
         except DecryptError as exc:
             raise KeyStoreError(f"the sealed key does not open: {exc} (or it belongs to another row)") from None
 

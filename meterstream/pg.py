@@ -4,9 +4,11 @@ TLS as the ``postgres`` settings say (sslmode, sslrootcert)."""
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping
+from typing import Any, Literal, TypeAlias, cast
 
 import asyncpg
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential, wait_random
 
 from meterstream import devmode, logs
 from meterstream.pg_dsn import FORM, DsnError, check
@@ -22,6 +24,10 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.OperatorInterventionError, asyncpg.TooManyConnectionsError,
 )
 
+SslMode: TypeAlias = Literal["disable", "allow", "prefer"]
+Row: TypeAlias = Mapping[str, Any] | asyncpg.Record
+"""A row as asyncpg fetches it, or the same fields in a dict (e.g. from a notification)."""
+
 
 class PostgresAccessError(Exception):
     """Postgres refuses this client for a reason retrying cannot mend: TLS (an untrusted or
@@ -36,14 +42,14 @@ def sslmode(postgres: PostgresSettings) -> str:
     return "prefer" if devmode.enabled() else "verify-full"
 
 
-def ssl_argument(postgres: PostgresSettings) -> ssl.SSLContext | str:
+def ssl_argument(postgres: PostgresSettings) -> ssl.SSLContext | SslMode:
     """asyncpg's ``ssl`` argument for the sslmode in force (libpq's meanings):
     disable, allow and prefer are asyncpg's own (no certificate is checked); require encrypts
     (and checks the CA when sslrootcert is given, as libpq does); verify-ca checks the CA;
     verify-full checks the CA and the host name. The CAs are sslrootcert's, else the system's."""
     mode = sslmode(postgres)
     if mode in ("disable", "allow", "prefer"):
-        return mode
+        return cast(SslMode, mode)
     try:
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=postgres.sslrootcert or None)
     except (OSError, ssl.SSLError) as exc:
@@ -62,7 +68,8 @@ def _refusal(exc: BaseException, mode: str) -> PostgresAccessError | None:
         return PostgresAccessError(f"postgres: the server's certificate is not trusted (postgres.sslrootcert) or "
                                    f"does not name the host (sslmode {mode}): {exc.verify_message}")
     if isinstance(exc, ssl.SSLError):
-        return PostgresAccessError(f"postgres: TLS handshake failed (sslmode {mode}): {exc.reason or type(exc).__name__}")
+        reason = exc.reason or type(exc).__name__
+        return PostgresAccessError(f"postgres: TLS handshake failed (sslmode {mode}): {reason}")
     if isinstance(exc, ConnectionError) and "rejected SSL upgrade" in str(exc):
         return PostgresAccessError(f"postgres: the server does not offer TLS, and postgres.sslmode is {mode}")
     if isinstance(exc, asyncpg.exceptions.InvalidAuthorizationSpecificationError):
@@ -76,12 +83,12 @@ async def connect(settings: Settings, *, dsn: str | None = None, give_up_after_s
     mode = sslmode(settings.postgres)
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(TRANSIENT),
-        wait=wait_exponential_jitter(initial=0.2, max=5.0),
+        wait=wait_exponential(multiplier=0.2, max=5.0) + wait_random(0, 1.0),
         stop=stop_after_delay(give_up_after_s),
         reraise=True,
         before_sleep=lambda state: log.warning(
             "postgres unreachable, retrying", attempt=state.attempt_number,
-            error=type(state.outcome.exception()).__name__,
+            error=type(state.outcome.exception()).__name__ if state.outcome else None,
         ),
     ):
         with attempt:
@@ -89,7 +96,7 @@ async def connect(settings: Settings, *, dsn: str | None = None, give_up_after_s
     raise AssertionError("unreachable")
 
 
-async def _connect(dsn: str, timeout_s: float, tls: ssl.SSLContext | str, mode: str) -> asyncpg.Connection:
+async def _connect(dsn: str, timeout_s: float, tls: ssl.SSLContext | SslMode, mode: str) -> asyncpg.Connection:
     """asyncpg.connect, whose errors about its arguments (a DSN it cannot parse) become
     DsnError (asyncpg quotes what it could not read, which can be part of a password), and
     whose refusals no retry mends (TLS, the login) PostgresAccessError."""

@@ -34,7 +34,6 @@ from aiokafka.errors import (
     UnsupportedForMessageFormatError,
 )
 from aiokafka.partitioner import DefaultPartitioner
-
 from prometheus_client import Counter, Histogram
 
 from meterstream import logs

@@ -11,16 +11,25 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
-    SettingsError,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
@@ -227,8 +236,9 @@ class TailSettings(Section):
     """`meterstream tail`: files (globs) followed into haproxy.logs."""
 
     paths: list[str] = Field(default_factory=list, description="files or globs to follow")
-    exclude: list[str] = Field(default_factory=list, description="file names (globs) not to read; compressed "
-                                                                  "files (gzip, zstd, bzip2, xz) are read as their content")
+    exclude: list[str] = Field(default_factory=list,
+                               description="file names (globs) not to read; compressed "
+                                           "files (gzip, zstd, bzip2, xz) are read as their content")
     checkpoint_path: str = "meterstream-tail.checkpoint"
     checkpoint_interval_s: float = Field(default=1.0, gt=0)
     max_line_bytes: int = Field(default=64 * 1024, ge=1024)

@@ -79,7 +79,7 @@ class FastDecoder(Generic[M]):
         # closures, not methods: a call less per message (0.1 µs)
         def fast(payload: bytes | bytearray | memoryview | str) -> M | None:
             try:
-                return exact(payload)  # type: ignore[no-any-return]
+                return exact(payload)
             except Exception:  # noqa: BLE001 - refused by msgspec or a model function: pydantic decides
                 return None
 
@@ -91,11 +91,11 @@ class FastDecoder(Generic[M]):
 
         def decode(payload: bytes | bytearray | memoryview | str) -> M:
             try:
-                return exact(payload)  # type: ignore[no-any-return]
+                return exact(payload)
             except Exception:  # noqa: BLE001 - pydantic decides, and names the error
                 if isinstance(payload, memoryview):
                     payload = payload.tobytes()
-                return pydantic(payload)  # type: ignore[no-any-return]
+                return pydantic(payload)
 
         self.fast: Callable[[bytes | bytearray | memoryview | str], M | None] = fast
         self.values: Callable[[bytes | bytearray | memoryview | str], Any] = fast_values
@@ -191,7 +191,7 @@ def decode_values(model: type[M], payload: bytes | bytearray | memoryview | str 
 def _wire_decode(model: type[M], payload: Any) -> M:
     from meterstream.schemas.wire import decode as wire_decode  # wire imports nothing from here
 
-    return wire_decode(model, payload)  # type: ignore[arg-type]
+    return wire_decode(model, payload)
 
 
 class _Builder:
@@ -199,7 +199,7 @@ class _Builder:
     instance (``values=False``) or the Struct completed in place (``values=True``)."""
 
     def __init__(self, model: type[BaseModel], *, values: bool) -> None:
-        schema = model.__pydantic_core_schema__
+        schema: Any = model.__pydantic_core_schema__  # a TypedDict union, read as plain dicts here
         self.definitions: dict[str, Any] = {}
         if schema.get("type") == "definitions":
             self.definitions = {d["ref"]: d for d in schema["definitions"]}
@@ -347,7 +347,7 @@ def _plain_function(schema: dict[str, Any], where: str) -> Callable[[Any], Any]:
     function = schema["function"]
     if function.get("type") != "no-info":
         raise FastPathUnavailable(f"{where}: a validator function that takes ValidationInfo")
-    return function["function"]  # type: ignore[no-any-return]
+    return function["function"]
 
 
 class _Nullable:
@@ -391,14 +391,15 @@ def _completer(posts: list[tuple[str, Callable[[Any], Any], Any]]) -> Callable[[
         if default is _UNSET:  # required: always given
             lines += [f"    x = s.{name}", f"    s.{name} = {_call(post, i, env, 'x')}"]
         else:
-            lines += [f"    x = s.{name}", f"    if x is U:", f"        s.{name} = d{i}",
-                      f"    else:", f"        s.{name} = {_call(post, i, env, 'x')}"]
+            lines += [f"    x = s.{name}", "    if x is U:", f"        s.{name} = d{i}",
+                      "    else:", f"        s.{name} = {_call(post, i, env, 'x')}"]
     lines.append("    return s")
     return _compiled(lines, env, "complete", [name for name, _, _ in posts])
 
 
 def _converter(model: type[M], struct: type[msgspec.Struct], template: dict[str, Any],
-               posts: list[tuple[str, Callable[[Any], Any], Any]], after: list[Callable[[Any], Any]]) -> Callable[[Any], M]:
+               posts: list[tuple[str, Callable[[Any], Any], Any]],
+               after: list[Callable[[Any], Any]]) -> Callable[[Any], M]:
     """Decoded Struct -> the model's instance, as pydantic builds it: fields in the model's order,
     defaults for the absent ones, ``model_fields_set`` the present ones, the field functions on
     present values, then the model validators. Generated as straight-line code for the usual
@@ -437,7 +438,7 @@ def _absent_fields_converter(model: type[M], names: tuple[str, ...], template: d
 
     def to_model(decoded: Any) -> M:
         values = astuple(decoded)
-        fields = dict(compress(zip(names, values), map(is_not, values, repeat(_UNSET))))
+        fields = dict(compress(zip(names, values, strict=True), map(is_not, values, repeat(_UNSET))))
         fields_set = set(fields)
         for name, post, _ in posts:
             if name in fields:
@@ -459,7 +460,7 @@ def _compiled(lines: list[str], env: dict[str, Any], name: str, fields: list[str
         if not field.isidentifier() or keyword.iskeyword(field):
             raise FastPathUnavailable(f"field name {field!r} is not an identifier")
     exec("\n".join(lines), env)  # noqa: S102 - code built from the model's field names, checked above
-    return env[name]  # type: ignore[no-any-return]
+    return env[name]
 
 
 def _pattern_check(search: Callable[[str], Any]) -> Callable[[str], str]:

@@ -79,7 +79,8 @@ class LogRecord(WireModel):
     event_type: Annotated[int, AfterValidator(_event_type)] = 0
     key_metadata: Text | None = Field(default=None, max_length=64)
     status: int = Field(ge=-1, le=999, description="HTTP status; -1 when none was sent")
-    bytes_sent: int = Field(ge=0, le=JSON_SAFE_MAX, description="bytes of the response (8 PiB at most: exact in every JSON reader)")
+    bytes_sent: int = Field(ge=0, le=JSON_SAFE_MAX,
+                            description="bytes of the response (8 PiB at most: exact in every JSON reader)")
     path: Text = Field(default="", max_length=PATH_PREFIX_LEN)
     TR: Timer = -1
     Tw: Timer = -1

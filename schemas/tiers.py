@@ -67,7 +67,8 @@ def effective_limits(tier: Tier, config: str | bytes | Mapping[str, Any] | Insta
     base = CATALOGUE.get(tier)
     if base is None:
         if overrides.guaranteed_rps is None:
-            raise WireError("service_instances.config", "guaranteed_rps", f"tier {tier.value} needs config.guaranteed_rps")
+            raise WireError("service_instances.config", "guaranteed_rps",
+                            f"tier {tier.value} needs config.guaranteed_rps")
         return TierLimits(overrides.guaranteed_rps, overrides.burst_rps, None)
     return TierLimits(
         guaranteed_rps=base.guaranteed_rps if overrides.guaranteed_rps is None else overrides.guaranteed_rps,

@@ -8,8 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meterstream.schemas.config import ApiKeyState, CustomerState, InstanceState
-from meterstream.schemas.limits import LimitEvent
 from meterstream.schemas.enums import EVENT_TYPE_CODES, EventClass
+from meterstream.schemas.limits import LimitEvent
 from meterstream.schemas.records import LogRecord, RejectedLine
 from meterstream.schemas.resolved import ResolvedBatch
 from meterstream.schemas.usage import UsageWindow

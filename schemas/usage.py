@@ -71,6 +71,7 @@ class WindowRow(NamedTuple):
                             **dict(zip(COUNTS, self.counts, strict=True))})
 
     def model(self) -> UsageWindow:
-        return UsageWindow(customer_id=self.customer_id, service_type=self.service_type, network=self.network,
+        return UsageWindow(customer_id=self.customer_id, service_type=ServiceType(self.service_type),
+                           network=Network(self.network),
                            window_start=self.window_start, revision=self.revision, final=self.final,
                            **dict(zip(COUNTS, self.counts, strict=True)))

@@ -3,8 +3,8 @@ and usage_records, meter.breaches -> limit_events, exactly once.
 
 Kafka's "storing offsets outside Kafka" pattern: each batch is one Postgres transaction that
 copies the rows of each topic (binary COPY into a temporary staging table, then an INSERT ...
-ON CONFLICT from it, since COPY cannot skip duplicates; see each handler module) and upserts the next offset of every partition
-it covers into ``sink_offsets``. When partitions are assigned the consumer seeks to those
+ON CONFLICT from it, since COPY cannot skip duplicates; see each handler module) and upserts the
+next offset of every partition it covers into ``sink_offsets``. When partitions are assigned the consumer seeks to those
 offsets, so after a crash nothing is applied twice and nothing is skipped; the group's
 committed offsets are not used. A repeated record (same request_id, e.g. from a tailer
 restart) inserts nothing. While Postgres is away the batch is retried with backoff and
@@ -232,7 +232,8 @@ class PostgresSink:
         found = await refused_rows(conn, [(self.handlers[topic], list(zip(batch.at[topic], rows, strict=True)))
                                           for topic, rows in batch.rows.items() if rows])
         if not found:  # no single row is refused: not a value's fault, so not a dead letter
-            log.error("postgres refused a batch, but none of its rows alone", error=f"{type(error).__name__}: {error}"[:300])
+            log.error("postgres refused a batch, but none of its rows alone",
+                      error=f"{type(error).__name__}: {error}"[:300])
             raise error
         taken = list(batch.taken)
         for i, why in found.items():
@@ -288,8 +289,9 @@ class PostgresSink:
                 continue
             expected = offset + 1
             value = m.value
+            row: tuple | Refused
             try:
-                row: tuple | Refused = row_of(handler, value)
+                row = values = row_of(handler, value)
             except Refused as refused:
                 if refused.reason == INVALID_RECORD:
                     metrics.UNDECODABLE.labels(tp.topic).inc()
@@ -297,7 +299,7 @@ class PostgresSink:
                 batch.refused += 1
             else:
                 at.append(len(taken))
-                rows.append(row)
+                rows.append(values)
             taken.append((tp, offset, value, row))
         if expected != start:
             self.expected[tp] = batch.next_offsets[tp] = expected

@@ -121,7 +121,8 @@ class Vault:
         letters = []
         for f in foreign:
             line = RejectedLine.of(
-                f.value or b"", source=name, position=SourcePosition(stream=f"{name}:{f.partition}"[:256], offset=f.offset),
+                f.value or b"", source=name,
+                position=SourcePosition(stream=f"{name}:{f.partition}"[:256], offset=f.offset),
                 reason="invalid_key", detail=f"key {f.key!r:.200} names no customer: {f.reason}",
                 keep=self.settings.produce.dead_letter_raw_bytes)
             letters.append(Message(rejected_topic, key_of(line), encode(line)))
@@ -139,7 +140,7 @@ class Vault:
             try:
                 conn = await pg.connect(self.settings, give_up_after_s=0)
                 for channel in CHANNELS:
-                    await conn.add_listener(channel, self._notified)
+                    await conn.add_listener(channel, self._notified)  # type: ignore[arg-type]  # payload: str
                 while not self.stop_requested.is_set():
                     self.wake.clear()
                     await self.build_once(conn)
@@ -192,10 +193,10 @@ class Vault:
                 log.warning("runtime API update failed; retried at the next build", socket=socket,
                             error=f"{type(exc).__name__}: {str(exc)[:200]}")
         # 2. the encrypted version
-        version = await self.store.write_version(conn, state.entries)
-        if version is not None:
+        written = await self.store.write_version(conn, state.entries)
+        if written is not None:
             metrics.VAULT_VERSIONS.inc()
-            log.info("vault version written", version=version, customers=len(state.entries))
+            log.info("vault version written", version=written, customers=len(state.entries))
         if self.store.latest is not None:
             metrics.VAULT_VERSION.set(self.store.latest[0])
             metrics.VAULT_VERSION_TIME.set(self.store.latest[1])

@@ -22,19 +22,19 @@ makes its keys ``suspended`` in the map, as a missing instance does.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import asyncpg
 
+from meterstream.pg import Row
 from meterstream.schemas.enums import LimitKind, ServiceType, Tier, VaultStatus
 from meterstream.schemas.tiers import effective_limits
-from meterstream.schemas.vault import SealKeyEntry, ServiceEntry, VaultEntry
+from meterstream.schemas.vault import SealKeyEntry, ServiceEntry, ServiceName, VaultEntry
 from meterstream.schemas.wire import WireError, validate
 
 OPENING = {LimitKind.SPEND_CAP_REACHED, LimitKind.BALANCE_EXHAUSTED, LimitKind.RATE_EXCEEDED}
-SERVICE_NAMES = {ServiceType.SEAL: "seal", ServiceType.GRPC: "grpc", ServiceType.GRAPHQL: "graphql"}
+SERVICE_NAMES: dict[ServiceType, ServiceName] = {ServiceType.SEAL: "seal", ServiceType.GRPC: "grpc",
+                                               ServiceType.GRAPHQL: "graphql"}
 
 
 def status_of(customer_status: str, open_breaches: set[LimitKind]) -> VaultStatus:
@@ -139,15 +139,15 @@ async def build(conn: asyncpg.Connection) -> VaultState:
     by_id = {e.customer_id: e for e in entries}
     lines = []
     for row in keys:
-        entry = by_id.get(row["customer_id"])
-        if entry is None:
+        owner = by_id.get(row["customer_id"])
+        if owner is None:
             continue
-        service = entry.services.get(SERVICE_NAMES[ServiceType(row["service_type"])])
-        lines.append(f"{row['api_key_hash'].strip()} {map_value(entry.customer_id, service, entry.status)}")
+        service = owner.services.get(SERVICE_NAMES[ServiceType(row["service_type"])])
+        lines.append(f"{row['api_key_hash'].strip()} {map_value(owner.customer_id, service, owner.status)}")
     return VaultState(entries, lines, skipped)
 
 
-def service_entry(row: Mapping[str, Any]) -> tuple[str, ServiceEntry]:
+def service_entry(row: Row) -> tuple[str, ServiceEntry]:
     """(service name, entry) of a service_instances row; raises WireError."""
     try:
         name, tier = SERVICE_NAMES[ServiceType(row["service_type"])], Tier(row["tier"])
@@ -158,6 +158,6 @@ def service_entry(row: Mapping[str, Any]) -> tuple[str, ServiceEntry]:
                                          "burst_rps": limits.burst_rps, "enabled": row["enabled"]})
 
 
-def seal_key_entry(row: Mapping[str, Any]) -> SealKeyEntry:
+def seal_key_entry(row: Row) -> SealKeyEntry:
     """The entry of a seal_keys row with its packages; raises WireError."""
     return validate(SealKeyEntry, {"id": row["seal_key_id"], "package_ids": list(row["packages"] or ())})
