@@ -26,7 +26,7 @@ LINE_FIELDS = frozenset({"ts", "client_ip", "status", "bytes_sent", "path", "TR"
 _NOT_CAPTURED = {
     "v": "the schema version is not a log field",
     "src": "the source position is the tailer's, not HAProxy's",
-    # SPEC §4: without HAProxy's own id the id is derived from the line's position; a header a
+    # Without HAProxy's own id the id is derived from the line's position; a header a
     # client sends could repeat an id, and repeats are dropped downstream as duplicates
     "request_id": "an httplog line's request_id is derived from its position, so that no header a "
                   "client sends can make two requests one",

@@ -1,4 +1,4 @@
-"""The project's JSON log line (deploy/haproxy/haproxy.cfg's log-format, SPEC §4).
+"""The project's JSON log line (deploy/haproxy/haproxy.cfg's log-format, docs/ingest.md).
 
 Values go to the LogRecord model as HAProxy printed them: pydantic's lax mode turns "200",
 "+500" and "-1" into integers (in Rust, fast), so the model stays the one definition of every

@@ -77,7 +77,7 @@ REASONS = {
 
 
 def derived_request_id(src: SourcePosition) -> str:
-    """SPEC §4: without HAProxy's id, one derived from the line's source position, so a
+    """Without HAProxy's id, one derived from the line's source position, so a
     replay of the same line yields the same id."""
     digest = hashlib.blake2b(f"{src.stream}\0{src.offset}".encode(), digest_size=12).hexdigest()
     return f"ms-{digest}"

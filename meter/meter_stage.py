@@ -1,7 +1,7 @@
 """The worker's one pass over a partition (docs/metering.md): the records of one
 ``haproxy.logs`` partition, and the records other partitions forward to it, become usage
 windows, limit events, invalid-key reports, forwarded records and dead letters, in event
-time (SPEC §6). No Kafka and no faust here: the worker (meter/worker.py) hands batches in and
+time (docs/metering.md). No Kafka and no faust here: the worker (meter/worker.py) hands batches in and
 publishes and writes what comes out, so this logic is tested with plain dicts as tables.
 
 Per batch:
@@ -57,7 +57,7 @@ from meterstream.schemas.records import LogRecord, is_billable
 from meterstream.schemas.resolved import ResolvedBatch
 from meterstream.schemas.usage import WindowRow
 
-# SPEC §6: the rate counts the requests HAProxy served, not those it refused (3-6)
+# The rate counts the requests HAProxy served, not those it refused (3-6)
 SERVED = frozenset((TrafficType.GUARANTEED, TrafficType.BURST))
 
 
@@ -140,7 +140,7 @@ def _scan(table: MutableMapping[bytes, Any]) -> Iterable[tuple[bytes, Any]]:
 
 
 def region_of(server_id: int | None) -> int:
-    """SPEC §2: server_id = (region_id << 4) | server_num; no server id counts as region 0."""
+    """server_id = (region_id << 4) | server_num; no server id counts as region 0."""
     return 0 if server_id is None else server_id >> 4
 
 

@@ -1,4 +1,4 @@
-"""Rate breaches per (customer, service, region) in event time (SPEC §6): pure state.
+"""Rate breaches per (customer, service, region) in event time (docs/metering.md): pure state.
 
 Requests are counted per second of event time. A second is judged once the watermark has
 passed it: over when its count exceeds the allowance (the burst allowance where the tier

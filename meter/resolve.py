@@ -1,4 +1,4 @@
-"""Resolution of a record's API-key fingerprint to its customer (SPEC §6), and the
+"""Resolution of a record's API-key fingerprint to its customer (docs/metering.md), and the
 rate-limited ``invalid_key`` events for fingerprints that keep hitting. Pure logic."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ def resolve(keys: dict[int, int], api_key_fp: int | None, service_type: int | No
     """(customer_id, None) for an active key of the record's service, else (0, the reason).
     ``keys`` maps the fingerprints of active keys to ``slot(customer, service)``
     (meter.config_view); a revoked key is a tombstone on meter.apikeys, so it is not there:
-    an unknown key. HAProxy's verdict stands (SPEC §6): a request it refused for its
+    an unknown key. HAProxy's verdict stands (docs/metering.md): a request it refused for its
     authentication is unauthenticated whatever its fingerprint, since fingerprints collide."""
     if api_key_fp is None:
         return UNAUTHENTICATED, UnauthReason.NO_KEY

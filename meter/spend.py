@@ -1,4 +1,4 @@
-"""Spend limits per customer in event time (SPEC §6, the review's decision 1): pure state.
+"""Spend limits per customer in event time (docs/metering.md, docs/schema.md): pure state.
 
 Charges in the customer's window = billable requests x 100 µ$ + committed charges. The
 window is the last 30 UTC days in day buckets (``rolling_30d``: today and the 29 days before,

@@ -1,4 +1,4 @@
-"""The totals of a usage window (SPEC §6) and how one request adds to them. The windows
+"""The totals of a usage window (docs/metering.md) and how one request adds to them. The windows
 themselves (event time, emission, lateness, retention) are meter/meter_stage.py's."""
 
 from __future__ import annotations

@@ -403,7 +403,7 @@ def keys_rotate_store(obj: Context, batch: int) -> None:
 
 @main.group()
 def topics() -> None:
-    """Kafka topics of SPEC §5."""
+    """Kafka topics of docs/wire.md."""
 
 
 @topics.command("create")

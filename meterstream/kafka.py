@@ -1,4 +1,4 @@
-"""Kafka clients (aiokafka) and the topics of SPEC §5, created with their configuration."""
+"""Kafka clients (aiokafka) and the topics of docs/wire.md, created with their configuration."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def admin(settings: Settings) -> AIOKafkaAdminClient:
 
 
 async def ensure_topics(settings: Settings, partitions: int = 4) -> list[str]:
-    """Create the topics of SPEC §5 that do not exist yet; returns the names created."""
+    """Create the topics of docs/wire.md that do not exist yet; returns the names created."""
     client = admin(settings)
     await client.start()
     try:

@@ -352,7 +352,7 @@ class WorkerSettings(Section):
     retention_h: float = Field(default=48.0, gt=0, description="late events count in windows this recent")
     future_s: float = Field(default=300.0, gt=0, description="events further ahead are refused")
     rate_clear_after_s: int = Field(default=60, ge=1, description="seconds under the allowance that clear a rate "
-                                                                  "breach (SPEC §6: 60)")
+                                                                  "breach (docs/metering.md)")
     invalid_key_hits: int = Field(default=10, ge=1,
                                   description="hits in an hour after which an unknown fingerprint is reported")
     invalid_keys_max: int = Field(default=50_000, ge=1,

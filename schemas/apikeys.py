@@ -1,4 +1,4 @@
-"""API keys (SPEC §1 decision 5): the HMAC that HAProxy and the key store both compute.
+"""API keys (docs/schema.md): the HMAC that HAProxy and the key store both compute.
 
 api_key_hash = hex HMAC-SHA256(key_secret, full key); api_key_fp = its first 4 bytes as a
 signed big-endian int32. HAProxy logs the fingerprint as 8 hex characters (upper case), so

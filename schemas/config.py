@@ -1,4 +1,4 @@
-"""Configuration state published from Postgres to the compacted ``meter.*`` topics (SPEC §5)."""
+"""Configuration state published from Postgres to the compacted ``meter.*`` topics (docs/wire.md)."""
 
 from __future__ import annotations
 

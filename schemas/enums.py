@@ -1,4 +1,4 @@
-"""Enumerations shared by the log line, the wire models and the Postgres schema (SPEC §2).
+"""Enumerations shared by the log line, the wire models and the Postgres schema.
 
 Integer codes travel as integers (as HAProxy logs them and Postgres stores them, SMALLINT);
 named states travel as their lower-case names (Postgres TEXT with a CHECK of the same names).
@@ -54,7 +54,7 @@ class TrafficType(IntEnum):
 
     @property
     def is_denied(self) -> bool:
-        """SPEC §6 counts traffic types 3-6 as denied."""
+        """Traffic types 3-6 count as denied (docs/metering.md)."""
         return self >= TrafficType.DENIED
 
     @property
@@ -63,7 +63,7 @@ class TrafficType(IntEnum):
 
 
 class EventClass(StrEnum):
-    """The classes of ``event_type`` codes (SPEC §2): each code belongs to exactly one."""
+    """The classes of ``event_type`` codes: each code belongs to exactly one."""
 
     SUCCESS = "success"
     AUTH_FAILURE = "auth_failure"
@@ -112,7 +112,7 @@ class ApiKeyStatus(StrEnum):
 
 
 class UnauthReason(StrEnum):
-    """Why a record was counted under customer 0 / unauthenticated (SPEC §6)."""
+    """Why a record was counted under customer 0 / unauthenticated (docs/metering.md)."""
 
     NO_KEY = "no_key"
     UNKNOWN_KEY = "unknown_key"

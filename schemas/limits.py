@@ -1,4 +1,4 @@
-"""Limit events on ``meter.breaches`` (SPEC §7)."""
+"""Limit events on ``meter.breaches`` (docs/sinks.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Money (SPEC §3): integer micro-dollars in the pipeline, integer cents in Postgres.
+"""Money (docs/metering.md): integer micro-dollars in the pipeline, integer cents in Postgres.
 
 Nothing here accepts a float: amounts typed by people go through Decimal.
 """
@@ -14,7 +14,7 @@ MICROS_PER_DOLLAR = 1_000_000
 # $1.00 per 10,000 billable requests, every tier
 PRICE_PER_BILLABLE_REQUEST_MICROS = MICROS_PER_DOLLAR // 10_000  # 100 µ$
 
-# Spend cap (SPEC §1 decision 1): default $2,000; allowed $100 - $50,000, settable in cents
+# Spend cap (docs/schema.md): default $2,000; allowed $100 - $50,000, settable in cents
 SPEND_CAP_DEFAULT_CENTS = 200_000
 SPEND_CAP_MIN_CENTS = 10_000
 SPEND_CAP_MAX_CENTS = 5_000_000

@@ -1,5 +1,5 @@
-"""Log records on ``haproxy.logs`` and dead letters on ``haproxy.logs.rejected`` (SPEC §4, §5),
-and the billing rule (SPEC §2), defined here once."""
+"""Log records on ``haproxy.logs`` and dead letters on ``haproxy.logs.rejected`` (docs/ingest.md,
+docs/wire.md), and the billing rule, defined here once."""
 
 from __future__ import annotations
 
@@ -29,19 +29,19 @@ from meterstream.schemas.types import (
 from meterstream.schemas.wire import WireModel
 
 PATH_PREFIX_LEN = 10
-# SPEC §2: the traffic types a request is charged for, with a status of 200-399
+# The traffic types a request is charged for, with a status of 200-399
 CHARGEABLE_TRAFFIC = frozenset((TrafficType.GUARANTEED, TrafficType.BURST))
 
 
 def is_billable(traffic_type: int, status: int) -> bool:
-    """SPEC §2, the one definition of a billable request: traffic type guaranteed or burst,
+    """The one definition of a billable request: traffic type guaranteed or burst,
     and HTTP status 200-399. Usage windows, spend caps and balances all count with it."""
     return traffic_type in CHARGEABLE_TRAFFIC and 200 <= status <= 399
 
 
 def _event_type(code: int) -> int:
     if code not in VALID_EVENT_TYPES:
-        raise ValueError(f"event_type {code} is not one of SPEC §2's codes")
+        raise ValueError(f"event_type {code} is not a known code")
     return code
 
 
@@ -60,7 +60,7 @@ class SourcePosition(BaseModel):
 
 
 class LogRecord(WireModel):
-    """One HAProxy request. Field names are SPEC §4's, as the JSON log line carries them.
+    """One HAProxy request. Field names are the JSON log line's (docs/ingest.md).
 
     v2 added ``customer_id`` (HAProxy's hint); v1 values, which lack it, are still read."""
 
@@ -101,7 +101,7 @@ class LogRecord(WireModel):
 
 
 class RejectedLine(WireModel):
-    """A line that did not become a LogRecord: never dropped silently (SPEC §4)."""
+    """A line that did not become a LogRecord: never dropped silently (docs/ingest.md)."""
 
     source: Text = Field(min_length=1, max_length=1024, description="file path or syslog peer")
     position: SourcePosition | None = None

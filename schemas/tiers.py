@@ -1,4 +1,4 @@
-"""The tier catalogue (SPEC §3) and per-instance overrides (service_instances.config)."""
+"""The tier catalogue (docs/metering.md) and per-instance overrides (service_instances.config)."""
 
 from __future__ import annotations
 

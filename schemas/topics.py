@@ -1,4 +1,4 @@
-"""The Kafka topics (SPEC §5): logical name, value model, and how a key is formed.
+"""The Kafka topics (docs/wire.md): logical name, value model, and how a key is formed.
 
 Names here are logical; ``Settings.topic(name)`` adds the configured prefix.
 """
@@ -52,7 +52,7 @@ TOPICS: dict[str, TopicSpec] = {
 
 
 def key_of(value: WireModel) -> bytes:
-    """The Kafka key of a topic value, as SPEC §5 defines it for its topic."""
+    """The Kafka key of a topic value, as docs/wire.md defines it for its topic."""
     match value:
         case LogRecord():
             return log_key(value)
@@ -88,7 +88,7 @@ def customer_key(customer_id: int) -> bytes:
 def log_key(record: LogRecord) -> bytes:
     """The key of a haproxy.logs record: its customer as HAProxy matched it, so that the
     worker meters it in one pass on that customer's partition (docs/wire.md). Customer 0
-    (unauthenticated) for a request without a key or refused for its authentication (SPEC §6:
+    (unauthenticated) for a request without a key or refused for its authentication (docs/metering.md:
     HAProxy's verdict stands); ``fp<fingerprint>`` when HAProxy named no customer (a frontend
     that does not log it): the worker resolves and forwards those."""
     if record.api_key_fp is None or record.event_type in _AUTH_REFUSED:

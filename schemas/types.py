@@ -23,7 +23,7 @@ def _nonzero(value: int) -> int:
     return value
 
 
-# customers.customer_id: random 32-bit, > 0 (SPEC §1 decision 3)
+# customers.customer_id: random 32-bit, > 0 (docs/schema.md)
 CustomerId = Annotated[int, Field(gt=0, le=INT32_MAX)]
 # customer 0 is the `unauthenticated` bucket of usage and resolved records
 CustomerRef = Annotated[int, Field(ge=0, le=INT32_MAX)]
@@ -31,7 +31,7 @@ CustomerRef = Annotated[int, Field(ge=0, le=INT32_MAX)]
 Fingerprint = Annotated[int, Field(ge=INT32_MIN, le=INT32_MAX), AfterValidator(_nonzero)]
 # api_keys.api_key_hash: lower-case hex HMAC-SHA256
 KeyHash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-# Money is integer micro-dollars on the wire; never a float (SPEC §3)
+# Money is integer micro-dollars on the wire; never a float (docs/metering.md)
 Micros = Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]
 # a total of a usage window or an hour (BIGINT columns); the meter saturates at the bound
 Count = Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]

@@ -1,4 +1,4 @@
-"""Per-minute usage windows on ``meter.usage`` (SPEC §6), with absolute totals."""
+"""Per-minute usage windows on ``meter.usage`` (docs/metering.md), with absolute totals."""
 
 from __future__ import annotations
 

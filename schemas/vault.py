@@ -1,4 +1,4 @@
-"""Entries of MA_VAULT, the desired load-balancer state, on ``vault.updates`` (SPEC §7)."""
+"""Entries of MA_VAULT, the desired load-balancer state, on ``vault.updates`` (docs/sinks.md)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 asyncpg encodes a ``datetime`` for a TIMESTAMPTZ column by subtracting an epoch (a timedelta
 per value) and an address for an INET column by building an ``ipaddress`` object (even from
 its packed bytes): together more than half of the client's cost of a raw-log row in the
-profile of issue 12. On the sink's connections (``prepare``) the two types are encoded from
+sink's profile (docs/sinks.md). On the sink's connections (``prepare``) the two types are encoded from
 what the rows already hold instead:
 
 - TIMESTAMPTZ: epoch milliseconds, the wire models' ``EpochMs`` (2000-2100), sent as

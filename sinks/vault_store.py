@@ -1,5 +1,5 @@
 """Where the vault goes: encrypted versions on disk with their row in ``vault_versions``, and
-the plain HAProxy map file beside them (SPEC §7).
+the plain HAProxy map file beside them (docs/sinks.md).
 
 - The content is the canonical JSON of every entry (sorted keys, entries by customer id);
   its SHA-256 is the content hash. A version is written only when the hash differs from the

@@ -1,7 +1,7 @@
 """Reading ``vault.updates`` back at the vault's start: what the compacted topic holds for each
 customer, and the messages whose key names no customer.
 
-The topic is keyed by customer id in decimal (SPEC §5). A key that is not one (not digits, a
+The topic is keyed by customer id in decimal (docs/wire.md). A key that is not one (not digits, a
 leading zero, zero, beyond 32 bits, no key at all) cannot be compared with any entry the vault
 builds: the vault dead-letters such a message and publishes a tombstone for its key, so the
 topic's readers never see it again and a restart does not report it twice.

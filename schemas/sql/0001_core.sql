@@ -1,4 +1,4 @@
--- meterstream core schema. Settles the design review (SPEC §1): see docs/schema.md.
+-- meterstream core schema. Settles the design review (docs/schema.md): see docs/schema.md.
 -- Money columns are integer cents. Enumerations are SMALLINT codes or TEXT names with a CHECK
 -- listing exactly the names of schemas/enums.py.
 

@@ -1,4 +1,4 @@
--- TimescaleDB when the server offers it (SPEC §8); plain Postgres tables otherwise.
+-- TimescaleDB when the server offers it (docs/schema.md); plain Postgres tables otherwise.
 -- A hypertable's unique constraints must include the time column: request_id stays unique
 -- through (request_id, ts), since a request_id always comes with the same ts.
 DO $$
