@@ -152,7 +152,7 @@ def service_entry(row: Row) -> tuple[str, ServiceEntry]:
     try:
         name, tier = SERVICE_NAMES[ServiceType(row["service_type"])], Tier(row["tier"])
     except (ValueError, KeyError):
-        raise WireError("service_instances", "service_type", "not a service and tier of schemas/enums.py and schemas/tiers.py") from None
+        raise WireError("service_instances", "service_type", "not a known service and tier") from None
     limits = effective_limits(tier, row["config"])
     return name, validate(ServiceEntry, {"tier": tier, "guaranteed_rps": limits.guaranteed_rps,
                                          "burst_rps": limits.burst_rps, "enabled": row["enabled"]})
