@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from meterstream.schemas import (
     ApiKeyState,
     CustomerState,
@@ -38,7 +40,7 @@ LOG = LogRecord(
     termination_state="----", config_hex="0a1f", src=SRC,
 )
 
-EXAMPLES = {
+EXAMPLES: dict[str, Any] = {
     "LogRecord": LOG,
     "RejectedLine": RejectedLine(
         source="/var/log/haproxy.log", position=SRC, reason="not_json", detail="line 1 col 3",

@@ -21,7 +21,7 @@ BIG = 2**70
 
 
 def fields_of(model: type[BaseModel]) -> dict[str, dict[str, Any]]:
-    return model_fields(model.__pydantic_core_schema__)
+    return model_fields(dict(model.__pydantic_core_schema__))
 
 
 def model_fields(schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -69,7 +69,8 @@ def valid_value(schema: dict[str, Any]) -> st.SearchStrategy[str]:
         lo, hi = schema.get("min_length", 0), min(schema.get("max_length", 40), 300)
         pattern = schema.get("pattern")
         if pattern is None or python_pattern(pattern) in _NUL_FREE_PATTERNS:
-            text = st.text(st.characters(exclude_characters="\x00", exclude_categories=("Cs",)), min_size=lo, max_size=hi)
+            text = st.text(st.characters(exclude_characters="\x00", exclude_categories=["Cs"]),
+                           min_size=lo, max_size=hi)
         else:
             text = st.from_regex(python_pattern(pattern), fullmatch=True).filter(lambda s: lo <= len(s) <= hi)
         return st.tuples(text, st.booleans()).map(lambda t: _text(*t))

@@ -55,7 +55,8 @@ async def sent(settings: Settings) -> int:
 
 
 async def records(settings: Settings) -> list[dict]:
-    return [orjson.loads(v) for _, v in await read_to_end(settings, settings.topic(topics.HAPROXY_LOGS))]
+    return [orjson.loads(v) for _, v in await read_to_end(settings, settings.topic(topics.HAPROXY_LOGS))
+            if v is not None]
 
 
 async def test_import_of_rotations_plain_and_compressed(ms_topics: Settings, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ def consumer():
     app = faust.App("fbx-unit", broker=batches.broker_url("127.0.0.1:1"), store="memory://")
     app.topic(T, value_serializer="raw")
     batches.enable(app, T)
-    app.topics._acking_topics.add(T)
+    app.topics._acking_topics.add(T)  # type: ignore[attr-defined]  # faust's Conductor, not ConductorT
     c = app.consumer
     assert isinstance(c, batches.BatchConsumer)
     yield c

@@ -91,7 +91,9 @@ def test_parse_prints_one_object_per_line_in_order(tmp_path: Path) -> None:
     assert "4 records, 2 rejected" not in out.stderr and "3 records, 3 rejected" in out.stderr
     assert meterstream("parse", "--fail-on-reject", str(log)).returncode == 1
 
-    piped = subprocess.run([shutil.which("meterstream", path=str(Path(sys.executable).parent)), "parse"],
+    exe = shutil.which("meterstream", path=str(Path(sys.executable).parent))
+    assert exe is not None
+    piped = subprocess.run([exe, "parse"],
                            input=JSON_LINE.encode(), capture_output=True, timeout=60)
     assert piped.returncode == 0 and orjson.loads(piped.stdout)["status"] == 200
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path

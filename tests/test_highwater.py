@@ -42,7 +42,8 @@ positions = st.tuples(st.integers(0, 3), st.integers(0, 2**63 - 1), st.text(min_
 def test_a_value_stays_small_whatever_the_records(records: list) -> None:
     """Adversarial positions (long, distinct stream names, huge offsets) on every kind of
     aggregate: the serialized value stays far below the worker's message bound."""
-    values = [UsageMinute(0), CustomerLimits(0), InvalidKeyState(0)]
+    values: list[UsageMinute | CustomerLimits | InvalidKeyState] = [
+        UsageMinute(0), CustomerLimits(0), InvalidKeyState(0)]
     for value in values:
         for route, upstream, stream, offset, ts in records:
             value.seen.apply(route, upstream, stream_key(route, stream), offset, ts)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -37,7 +38,7 @@ async def test_every_model_round_trips_through_kafka(
     consumer = AIOKafkaConsumer(*topics.values(), **client_kwargs(services.kafka),
                                 auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
-    received = {}
+    received: dict[Any, Any] = {}
     try:
         by_topic = {t: n for n, t in topics.items()}
         while len(received) < len(EXAMPLES):

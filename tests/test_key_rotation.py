@@ -69,7 +69,7 @@ async def test_rotate_store_reseals_every_row_and_resumes(pg: asyncpg.Connection
         with pytest.raises(Interrupted):
             await rotate_store(pg, store, batch_rows=3, progress=interrupt)
         under_new = await pg.fetchval("SELECT count(*) FROM api_keys WHERE api_key_id LIKE $1", f"{store.current_id}:%")
-        first_batch = sorted([d for (_, d), kind in zip(keys, kinds) if kind != "new"] + [garbage])[:3]
+        first_batch = sorted([d for (_, d), kind in zip(keys, kinds, strict=True) if kind != "new"] + [garbage])[:3]
         assert under_new == 1 + len([d for d in first_batch if d != garbage])
 
         # the real command goes on where it stopped

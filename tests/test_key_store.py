@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from meterstream.crypto import BadKey, DecryptError, SealError, Sealer
+from meterstream.crypto import BadKey, DecryptError, Sealer, SealError
 from meterstream.key_store import COLUMN_CHARS, KeyStore, KeyStoreError, key_id, parse
 from meterstream.schemas.apikeys import key_hash
 

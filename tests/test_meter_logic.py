@@ -6,14 +6,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from meterstream.meter.clock import DAY_MS, HOUR_MS, MINUTE_MS
-from meterstream.meter.rate import CLEAR_AFTER, RateTracker, allowance
-from meterstream.meter.spend import SpendPolicy, SpendTracker
 from meterstream.meter.aggregates import usage_key, window_id
+from meterstream.meter.clock import DAY_MS, HOUR_MS, MINUTE_MS
 from meterstream.meter.config_view import ConfigView, slot
 from meterstream.meter.meter_stage import BatchResult, MeterPartition, Tables
-from meterstream.schemas.enums import LimitKind, Network, ServiceType, SpendWindow, Tier
+from meterstream.meter.rate import CLEAR_AFTER, RateTracker, allowance
+from meterstream.meter.spend import SpendPolicy, SpendTracker
 from meterstream.schemas.config import CustomerState, InstanceState
+from meterstream.schemas.enums import LimitKind, Network, ServiceType, SpendWindow, Tier, TrafficType
 from meterstream.schemas.records import LogRecord, SourcePosition
 from tests.examples import configure
 
@@ -43,7 +43,8 @@ class Meter:
             now: int | None = None, drained: bool = False) -> BatchResult:
         self.offset += 1
         record = LogRecord(ts=ts, request_id=f"r{self.offset}", client_ip="10.0.0.1", api_key_fp=5,
-                           service_type=SEAL, network=MAIN, traffic_type=traffic, status=status, bytes_sent=size,
+                           service_type=SEAL, network=MAIN, traffic_type=TrafficType(traffic), status=status,
+                           bytes_sent=size,
                            Ta=ta, server_id=17, src=SourcePosition(stream="f", offset=self.offset))
         return self.apply(self.stage.process([(self.offset, record)], T0 if now is None else now, drained))
 
@@ -352,7 +353,8 @@ def test_rate_trackers_per_service_are_bounded_in_regions() -> None:
     for region in range(MAX_REGIONS + 4):
         m.offset += 1
         record = LogRecord(ts=T0 + region, request_id=f"g{region}", client_ip="10.0.0.1", api_key_fp=5,
-                           service_type=SEAL, network=MAIN, traffic_type=1, status=200, bytes_sent=1,
+                           service_type=SEAL, network=MAIN, traffic_type=TrafficType.GUARANTEED, status=200,
+                           bytes_sent=1,
                            server_id=region << 4 | 1, src=SourcePosition(stream="f", offset=m.offset))
         untracked += m.apply(m.stage.process([(m.offset, record)], T0, drained=False)).untracked_regions
     assert untracked == 4 and len(m.tables.limits[limits_key(7)].rates) == MAX_REGIONS

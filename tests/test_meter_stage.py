@@ -16,11 +16,11 @@ from meterstream.meter.aggregates import StateTable, dumps
 from meterstream.meter.config_view import ConfigView, slot
 from meterstream.meter.meter_stage import TABLE_KINDS, BatchResult, MeterPartition, Tables
 from meterstream.meter.resolve import resolve
+from meterstream.schemas.config import InstanceState
+from meterstream.schemas.enums import ServiceType, Tier
 from meterstream.schemas.records import LogRecord, SourcePosition
 from meterstream.schemas.resolved import Forwarded, ResolvedBatch
 from meterstream.schemas.usage import COUNTS
-from meterstream.schemas.config import InstanceState
-from meterstream.schemas.enums import Tier
 from tests.corpus import BASE_TS, build
 from tests.examples import configure
 
@@ -245,7 +245,7 @@ adversarial = st.builds(
     st.integers(-50 * HOUR, 2 * HOUR), st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1).filter(bool)),
     st.one_of(st.none(), st.integers(1, 2**31 - 1)), st.sampled_from([1, 2, 3]), st.sampled_from([0, 1, 2, 3]),
     st.integers(0, 32767), st.sampled_from(list(range(7))), st.integers(-1, 999), st.integers(0, 2**53 - 1),
-    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=256),
+    st.text(st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), min_size=1, max_size=256),
     st.integers(0, 2**63 - 1),
     st.sampled_from([0, 11, 50]))
 
@@ -260,7 +260,7 @@ def test_every_state_value_stays_bounded(records: list[LogRecord], batch: int) -
     for fp in {r.api_key_fp for r in records if r.api_key_fp is not None}:
         if fp % 3:  # two in three fingerprints belong to a customer
             view.keys[fp] = slot(abs(fp) % 5 + 1, fp % 3 + 1)
-    configure(view, *(InstanceState(customer_id=customer, service_type=service, tier=Tier.ENTERPRISE,
+    configure(view, *(InstanceState(customer_id=customer, service_type=ServiceType(service), tier=Tier.ENTERPRISE,
                                     guaranteed_rps=1) for customer in range(1, 6) for service in (1, 2, 3)))
     tables = new_tables()
     meter = MeterPartition(0, tables, view)

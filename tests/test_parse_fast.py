@@ -116,7 +116,8 @@ def valid_objects(draw: st.DrawFn, absent: bool = False) -> dict[str, Any]:
     for name in draw(st.sets(st.sampled_from(FIELDS), max_size=3)):
         obj.pop(name, None)
     if draw(st.booleans()):  # a newer config logs more
-        obj[draw(st.sampled_from(["extra", "srv_queue", "tls"]))] = draw(st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5))
+        extra = st.integers(-(2**63), 2**63 - 1) | st.text(max_size=5)
+        obj[draw(st.sampled_from(["extra", "srv_queue", "tls"]))] = draw(extra)
     keys = draw(st.permutations(list(obj)))
     return {k: obj[k] for k in keys}
 
@@ -321,13 +322,14 @@ def test_a_run_of_lines_is_encoded_as_each_line_alone(run: list[bytes], offset: 
     got = fast.lines(run, STREAM, offset, "/var/log/haproxy.log")
     at = offset
     assert len(got) == len(run)
-    for line, message in zip(run, got):
+    for line, message in zip(run, got, strict=True):
         expected = ref.line_at(line, STREAM, at, "/var/log/haproxy.log")
         assert (message.topic, message.key, message.timestamp_ms is None) == \
             (expected.topic, expected.key, expected.timestamp_ms is None)
         if message.topic == fast.logs_topic:
             assert (message.value, message.timestamp_ms) == (expected.value, expected.timestamp_ms)
         else:  # a dead letter: the same but for when it was made
+            assert message.value is not None and expected.value is not None
             assert {**orjson.loads(message.value), "at": 0} == {**orjson.loads(expected.value), "at": 0}
         at += len(line) + 1
     assert fast.rejected_count == ref.rejected_count

@@ -83,7 +83,7 @@ def test_sink_rows_or_refused(topic: str, data: st.DataObject) -> None:
 
 
 # Values the models accept, drawn from their whole range (hypothesis favours the bounds).
-TEXT = st.characters(exclude_categories=("Cs",), exclude_characters="\x00")
+TEXT = st.characters(exclude_categories=["Cs"], exclude_characters="\x00")
 
 
 def text(max_size: int, min_size: int = 0) -> st.SearchStrategy[str]:
@@ -140,6 +140,8 @@ async def staged(pg: asyncpg.Connection) -> asyncpg.Connection:
 
 
 def _packed(address: str | None) -> bytes | None:
+    if address is None:
+        return None
     try:
         return ipaddress.ip_address(address).packed
     except ValueError:
@@ -230,7 +232,8 @@ def test_vault_rows_or_wire_error(service: int, tier: str, enabled: bool, config
 @given(payload=st.text(max_size=300) | JSON.map(json.dumps)
        | st.sampled_from(['{"table":"x"}', '{"table":"customers"}', '{"table":"api_keys","api_key_fp":0}'])
        | st.fixed_dictionaries({"table": st.sampled_from(["api_keys", "service_instances", "customers"])},
-                               optional={"api_key_fp": JSON, "customer_id": JSON, "service_type": JSON}).map(json.dumps))
+                               optional={"api_key_fp": JSON, "customer_id": JSON, "service_type": JSON})
+       .map(json.dumps))
 @SETTINGS
 def test_notification_payloads_or_wire_error(payload: str) -> None:
     try:

@@ -78,6 +78,7 @@ def test_a_record_the_model_lets_through_but_json_cannot_carry_is_a_dead_letter(
     encoder._fast = None
     message = encoder.line(JSON_LINE.encode(), SRC, "/var/log/haproxy.log")
     assert message.topic == encoder.rejected_topic
+    assert message.value is not None
     dead = orjson.loads(message.value)
     assert dead["reason"] == "invalid_field" and dead["detail"].startswith("bytes_sent: cannot be encoded")
 
@@ -86,6 +87,7 @@ def test_a_dead_letter_of_a_file_whose_name_is_not_utf8() -> None:
     """The OS hands such a name over with surrogate escapes, which JSON cannot carry."""
     encoder = Encoder(settings_mod.load())
     message = encoder.line(b"not a log line", SRC, "/var/log/haproxy-\udcff.log")
+    assert message.value is not None
     dead = orjson.loads(message.value)
     assert dead["source"] == "/var/log/haproxy-\\xff.log" and dead["reason"] == "unknown_format"
     odd = RejectedLine.of(b"x", source="\ud800" * 2000, position=None, reason="r", detail="\udcff\x00", keep=10)

@@ -56,7 +56,8 @@ def test_every_alert_is_tested_firing_and_quiet() -> None:
     rules = yaml.safe_load((PROMETHEUS / "meterstream.rules.yml").read_text())
     alerts = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
     cases = yaml.safe_load((PROMETHEUS / "meterstream.rules.test.yml").read_text())
-    fired, quiet = set(), set()
+    fired: set[str] = set()
+    quiet: set[str] = set()
     for test in cases["tests"]:
         for case in test.get("alert_rule_test", []):
             (fired if case.get("exp_alerts") else quiet).add(case["alertname"])

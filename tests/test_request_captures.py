@@ -131,7 +131,7 @@ def test_env_json_and_toml_both_load(tmp_path: Path, monkeypatch: pytest.MonkeyP
     cfg.write_text('[parse.request_captures]\n"*" = ["api_key_fp"]\nfe_plain = ["host", "api_key_fp"]\n')
     s = settings_mod.load(cfg)
     assert s.parse.request_captures == {"*": ["api_key_fp"], "fe_plain": ["host", "api_key_fp"]}
-    assert Parser.from_settings(s).parse(line(), SRC).api_key_fp == FP  # type: ignore[union-attr]
+    assert Parser.from_settings(s).parse(line(), SRC).api_key_fp == FP
     # both: merged by frontend, the environment winning
     monkeypatch.setenv("MS_PARSE__REQUEST_CAPTURES", '{"fe_plain": ["api_key_fp"], "fe_ssl": []}')
     assert settings_mod.load(cfg).parse.request_captures == {"*": ["api_key_fp"], "fe_plain": ["api_key_fp"],
@@ -167,10 +167,11 @@ def test_tail_and_syslog_read_by_the_setting() -> None:
     settings = settings_mod.load(None, parse={"request_captures": {"fe_plain": ["host", "api_key_fp"]}})
     encoder = Encoder(settings)
     message = encoder.line(line().encode(), SRC, "/var/log/haproxy.log")
-    assert message.topic == encoder.logs_topic and orjson.loads(message.value)["api_key_fp"] == FP
+    assert message.topic == encoder.logs_topic and message.value is not None
+    assert orjson.loads(message.value)["api_key_fp"] == FP
     misfit = encoder.line(line(captures="{a|4DB6772D|b}").encode(), SRC, "/var/log/haproxy.log")
     assert misfit.topic == encoder.rejected_topic
-    assert orjson.loads(misfit.value)["reason"] == "capture_mismatch"
+    assert misfit.value is not None and orjson.loads(misfit.value)["reason"] == "capture_mismatch"
 
 
 # -- the real commands ----------------------------------------------------------------------------
@@ -181,8 +182,10 @@ def meterstream(*args: str, env: dict[str, str], stdin: bytes = b"") -> subproce
 
 def test_parse_command_honours_the_setting(tmp_path: Path) -> None:
     log = tmp_path / "haproxy.log"
-    log.write_text("\n".join([line(), line("fe_ssl~", "{4DB6772D|2}"), line("fe_plain", "{a|b|c}"), line("api")]) + "\n")
-    env = {"MS_PARSE__REQUEST_CAPTURES": '{"fe_plain": ["host", "api_key_fp"], "fe_ssl": ["api_key_fp", "service_type"]}'}
+    lines = [line(), line("fe_ssl~", "{4DB6772D|2}"), line("fe_plain", "{a|b|c}"), line("api")]
+    log.write_text("\n".join(lines) + "\n")
+    env = {"MS_PARSE__REQUEST_CAPTURES":
+           '{"fe_plain": ["host", "api_key_fp"], "fe_ssl": ["api_key_fp", "service_type"]}'}
     out = meterstream("parse", str(log), env=env)
     assert out.returncode == 0, out.stderr
     rows = [orjson.loads(row) for row in out.stdout.splitlines()]
@@ -206,7 +209,8 @@ def test_parse_command_honours_the_setting(tmp_path: Path) -> None:
 async def test_syslog_receiver_honours_the_setting(ms_topics: Settings, tmp_path: Path) -> None:
     udp = free_port()
     proc = Process(["syslog", "--udp", f"127.0.0.1:{udp}", "--tcp", ""],
-                   {"MS_KAFKA__BOOTSTRAP": ms_topics.kafka.bootstrap, "MS_KAFKA__TOPIC_PREFIX": ms_topics.kafka.topic_prefix,
+                   {"MS_KAFKA__BOOTSTRAP": ms_topics.kafka.bootstrap,
+                    "MS_KAFKA__TOPIC_PREFIX": ms_topics.kafka.topic_prefix,
                     "MS_PARSE__REQUEST_CAPTURES": '{"fe_plain": ["host", "api_key_fp"]}'},
                    tmp_path / "syslog.log").start()
     try:
@@ -264,7 +268,7 @@ def test_real_haproxy_httplog_lines_parse_by_the_documented_layouts(tmp_path: Pa
     parser = Parser(layouts)
     results = [parser.parse(raw, SourcePosition(stream="h", offset=i)) for i, raw in enumerate(lines)]
     assert all(isinstance(r, LogRecord) for r in results), (lines, results)
-    assert [(r.api_key_fp, r.service_type, r.status, r.path) for r in results] == [  # type: ignore[union-attr]
+    assert [(r.api_key_fp, r.service_type, r.status, r.path) for r in results] == [
         (fp, None, 200, "v1/fetch_k"), (fp, 2, 200, "v1/fetch_k"), (None, 2, 200, "v1/fetch_k")]
     # without the setting, the fe_plain line's Host is read as the fingerprint: rejected
     assert Parser().parse(lines[0], SRC) == Rejected(

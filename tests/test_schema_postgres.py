@@ -197,7 +197,8 @@ async def test_fingerprint_collision_with_active_key_refused(pg: asyncpg.Connect
 async def test_enterprise_needs_limits_and_tier_is_checked(pg: asyncpg.Connection) -> None:
     c = await _customer(pg)
     with pytest.raises(asyncpg.CheckViolationError, match="enterprise_limits"):
-        await pg.execute("INSERT INTO service_instances (customer_id, service_type, tier) VALUES ($1, 1, 'enterprise')", c)
+        await pg.execute("INSERT INTO service_instances (customer_id, service_type, tier) "
+                         "VALUES ($1, 1, 'enterprise')", c)
     with pytest.raises(asyncpg.CheckViolationError):
         await pg.execute("INSERT INTO service_instances (customer_id, service_type, tier) VALUES ($1, 1, 'gold')", c)
     await pg.execute("INSERT INTO service_instances (customer_id, service_type, tier, config) "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ssl
 from pathlib import Path
+from typing import Any
 
 import faust
 import pytest
@@ -16,7 +17,7 @@ from meterstream.kafka_clients import KafkaSecurityError, client_kwargs, faust_c
 from meterstream.settings import KafkaSettings, PostgresSettings
 
 PASSWORD = "hunter2-Secret"
-SASL = {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_username": "svc"}
+SASL: dict[str, Any] = {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512", "sasl_username": "svc"}
 
 
 def test_plaintext_is_the_default_and_adds_nothing() -> None:
@@ -109,7 +110,7 @@ def test_sslmodes_as_libpq(mode: str, rootcert: bool, hostname: bool, verify: ss
         from meterstream.devservices.kafka_tls import make_ca
 
         ca, _ = make_ca(tmp_path)
-    context = pg.ssl_argument(PostgresSettings(sslmode=mode, sslrootcert=str(ca) if ca else ""))
+    context = pg.ssl_argument(PostgresSettings.model_validate({"sslmode": mode, "sslrootcert": str(ca) if ca else ""}))
     assert isinstance(context, ssl.SSLContext)
     assert (context.check_hostname, context.verify_mode) == (hostname, verify)
     for advisory in ("disable", "allow", "prefer"):

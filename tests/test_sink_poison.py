@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import asyncpg
@@ -35,7 +36,7 @@ def poisoned(i: int, **fields: object) -> bytes:
     return json.dumps(value).encode()
 
 
-async def send(settings: Settings, messages: list[tuple[str, bytes | None, bytes | None]]) -> list[tuple[int, int]]:
+async def send(settings: Settings, messages: Sequence[tuple[str, bytes | None, bytes | None]]) -> list[tuple[int, int]]:
     """(topic, key, value) in order, each acknowledged; returns their (partition, offset)."""
     producer = AIOKafkaProducer(**client_kwargs(settings.kafka), acks="all", enable_idempotence=True)
     await producer.start()
@@ -50,7 +51,8 @@ async def send(settings: Settings, messages: list[tuple[str, bytes | None, bytes
 
 
 async def dead_letters(settings: Settings) -> list[dict]:
-    return [orjson.loads(v) for _, v in await read_to_end(settings, settings.topic("haproxy.logs.rejected"))]
+    return [orjson.loads(v) for _, v in await read_to_end(settings, settings.topic("haproxy.logs.rejected"))
+            if v is not None]
 
 
 async def caught_up(pg: asyncpg.Connection, total: int, proc: Process) -> None:
@@ -86,7 +88,8 @@ async def test_poison_values_are_dead_lettered_and_the_sink_goes_on(
                for minute in range(3) for network in (Network.MAINNET, Network.TESTNET)]
     event = LimitEvent(event_id="42:-:spend_warning:w", customer_id=42, kind=LimitKind.SPEND_WARNING,
                        observed=INT64_MAX, limit=-INT64_MAX, window="x:" + "9" * 98, at=hour)
-    usage = [("meter.usage", key_of(w), encode(w)) for w in windows] + [("meter.breaches", key_of(event), encode(event))]
+    usage = [("meter.usage", key_of(w), encode(w)) for w in windows]
+    usage.append(("meter.breaches", key_of(event), encode(event)))
     bad_usage = [("meter.usage", b"u", orjson.dumps({**orjson.loads(encode(windows[0])), "requests": 2**63}))]
     positions = await send(ms_topics, good[:150] + poison + good[150:] + usage + bad_usage)
     total = len(positions)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
@@ -28,8 +30,8 @@ def record(i: int):  # noqa: ANN201
                                   "ts": LOG.ts + i, "src": LOG.src.model_copy(update={"offset": i * 100})})
 
 
-async def produce(settings: Settings, ids: list[int], extra: list[bytes] = (),  # noqa: B006
-                  values: list = ()) -> int:  # noqa: B006
+async def produce(settings: Settings, ids: list[int], extra: Sequence[bytes] = (),
+                  values: Sequence[Any] = ()) -> int:
     """Sends records ``ids`` to haproxy.logs, ``extra`` raw junk there, and ``values`` (usage
     windows, limit events) to their topics."""
     producer = AIOKafkaProducer(**client_kwargs(settings.kafka), acks="all", enable_idempotence=True)
@@ -88,9 +90,9 @@ async def test_rows_duplicates_and_bad_messages(
         assert proc.metric("meterstream_sink_undecodable_total", f'topic="{ms_topics.topic("haproxy.logs")}"') == 2
         topic = ms_topics.topic("haproxy.logs")
         for partition in ("0", "1"):  # caught up: no lag (refreshed once a second)
-            wait_for(lambda p=partition: proc.metric("meterstream_sink_lag_messages",
-                                                     f'partition="{p}",topic="{topic}"', default=-1) == 0,
-                     5, "lag 0")
+            labels = f'partition="{partition}",topic="{topic}"'
+            wait_for(lambda: proc.metric("meterstream_sink_lag_messages", labels, default=-1) == 0,  # noqa: B023
+                     5, "lag 0")  # (wait_for calls it before the loop moves on)
     finally:
         assert proc.terminate() == 0
 

@@ -33,7 +33,8 @@ async def test_udp_and_tcp_framings(ms_topics: Settings, tmp_path: Path) -> None
     proc, udp, tcp = receiver(ms_topics, tmp_path)
     try:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.sendto(f"<134>1 2026-11-25T16:50:01.123Z edge1 haproxy 99 - - {json_line(1)}".encode(), ("127.0.0.1", udp))
+            rfc5424 = f"<134>1 2026-11-25T16:50:01.123Z edge1 haproxy 99 - - {json_line(1)}"
+            s.sendto(rfc5424.encode(), ("127.0.0.1", udp))
             s.sendto(f"<134>Nov 25 16:50:01 edge1 haproxy[99]: {HTTPLOG}\n".encode(), ("127.0.0.1", udp))
         with socket.create_connection(("127.0.0.1", tcp)) as s:
             s.sendall(f"{json_line(2)}\nnot a log line\r\n{json_line(3)}\n".encode())

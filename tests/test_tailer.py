@@ -169,8 +169,9 @@ async def test_kill_9_repeats_lines_but_loses_none(ms_topics: Settings, tmp_path
     progress = []
     for kill in range(2):
         # kill -9 once the checkpoint shows progress, before the end of the file
+        # (wait_for calls the predicate before the loop moves on)
         wait_for(lambda: (store.load().streams or {}) != {} and
-                 max(e.offset for e in store.load().streams.values()) > size * (kill + 1) / 4, 60,
+                 max(e.offset for e in store.load().streams.values()) > size * (kill + 1) / 4, 60,  # noqa: B023
                  "checkpoint progress")
         proc.kill9()
         progress.append(max(e.offset for e in store.load().streams.values()))

@@ -8,8 +8,8 @@ import pytest
 from meterstream.schemas import (
     CustomerState,
     LimitEvent,
-    RejectedLine,
     LogRecord,
+    RejectedLine,
     ResolvedBatch,
     UsageWindow,
     WireError,
@@ -149,7 +149,7 @@ def test_event_classes_cover_spec_codes() -> None:
 def test_keys_follow_docs_wire() -> None:
     # haproxy.logs: the customer HAProxy named, else the fingerprint, else customer 0
     assert key_of(LOG.model_copy(update={"customer_id": 184467441})) == b"184467441"
-    assert key_of(LOG) == b"fp%d" % LOG.api_key_fp
+    assert LOG.api_key_fp is not None and key_of(LOG) == b"fp%d" % LOG.api_key_fp
     assert key_of(LOG.model_copy(update={"api_key_fp": None})) == b"0"
     for refused in range(10, 17):  # HAProxy refused the key: unauthenticated, whatever it named
         assert key_of(LOG.model_copy(update={"event_type": refused, "customer_id": 184467441})) == b"0"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -69,7 +70,7 @@ class Outputs:
     def totals(self) -> dict[tuple, dict[str, int]]:
         return {k: {n: v[n] for n in COUNTS} for k, v in self.usage.items()}
 
-    async def until_truth(self, corpus: Corpus, timeout: float, check: callable | None = None) -> None:
+    async def until_truth(self, corpus: Corpus, timeout: float, check: Callable[[], bool] | None = None) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.totals() == corpus.usage and set(self.events) == set(corpus.events):

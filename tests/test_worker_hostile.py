@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
@@ -34,7 +35,7 @@ pytestmark = pytest.mark.services
 MAX_BYTES = 2**53 - 1  # bytes_sent's bound
 
 
-async def send(settings: Settings, messages: list[tuple[str, bytes | None, bytes | None]]) -> None:
+async def send(settings: Settings, messages: Sequence[tuple[str, bytes | None, bytes | None]]) -> None:
     producer = AIOKafkaProducer(**client_kwargs(settings.kafka), enable_idempotence=True, linger_ms=5,
                                 max_batch_size=512 * 1024)
     await producer.start()
