@@ -3,7 +3,9 @@
 # installed (editable, with the test extras), then the `meterstream` command.
 #
 #   deploy/dev.sh demo              run locally on embedded defaults over the sample data
-#   deploy/dev.sh test [PYTEST...]  run the test suite (starts Kafka and Postgres first)
+#   deploy/dev.sh test [PYTEST...]  lint and type-check, then run the test suite (starts Kafka
+#                                   and Postgres first); any ruff or mypy finding fails it
+#   deploy/dev.sh lint              only ruff and mypy (no service needed)
 #   deploy/dev.sh bench [ARGS...]   run the benchmarks (bench/), each beside its reference
 #   deploy/dev.sh up|down|status    the local Kafka and Postgres
 #   deploy/dev.sh meterstream ...   any meterstream command, inside the environment
@@ -55,6 +57,12 @@ ensure_venv() {
   fi
 }
 
+lint() {
+  cd "$root"
+  "$venv/bin/ruff" check . || { echo "dev.sh: ruff found problems (fix them, or ruff check --fix)" >&2; return 1; }
+  "$venv/bin/mypy" || { echo "dev.sh: mypy found type errors" >&2; return 1; }
+}
+
 command=${1:-help}
 [[ $# -gt 0 ]] && shift
 case $command in
@@ -62,8 +70,13 @@ case $command in
     ensure_venv
     exec "$venv/bin/meterstream" demo "$@"
     ;;
+  lint)
+    ensure_venv
+    lint
+    ;;
   test)
     ensure_venv
+    lint
     "$venv/bin/meterstream" dev up
     cd "$root"
     set +e
@@ -90,7 +103,7 @@ case $command in
     exec "$venv/bin/meterstream" "$@"
     ;;
   *)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
     [[ $command == help || $command == -h || $command == --help ]] || exit 2
     ;;
 esac
