@@ -167,12 +167,7 @@ def decode(model: type[M], payload: bytes | bytearray | memoryview | str | None)
     ``wire.decode``'s own (WireError naming the field, with pydantic's message). A drop-in for
     the worker. On this machine it costs about what pydantic does for a LogRecord (building a
     pydantic instance in Python is most of it): ``decode_values`` is where the time is saved."""
-    decoder = fast_decoder(model) if payload is not None else None
-    if decoder is not None:
-        value = decoder.fast(payload)  # type: ignore[arg-type]
-        if value is not None:
-            return value
-    return _wire_decode(model, payload)
+    return _fast_or_wire(model, payload, values=False)
 
 
 def decode_values(model: type[M], payload: bytes | bytearray | memoryview | str | None) -> Any:
@@ -180,11 +175,17 @@ def decode_values(model: type[M], payload: bytes | bytearray | memoryview | str 
     properties such as ``is_billable``; ``wire.encode`` writes it as it writes the model) rather
     than the model's instance: for code that only reads fields. About half the time of
     ``decode`` for a LogRecord. What it defers is ``wire.decode``'s (an instance, or WireError)."""
-    decoder = fast_decoder(model) if payload is not None else None
-    if decoder is not None:
-        value = decoder.values(payload)  # type: ignore[arg-type]
-        if value is not None:
-            return value
+    return _fast_or_wire(model, payload, values=True)
+
+
+def _fast_or_wire(model: type[M], payload: bytes | bytearray | memoryview | str | None, *, values: bool) -> Any:
+    """The fast decoder's instance (or values), else ``wire.decode``'s result or WireError."""
+    if payload is not None:
+        decoder = fast_decoder(model)
+        if decoder is not None:
+            value = decoder.values(payload) if values else decoder.fast(payload)
+            if value is not None:
+                return value
     return _wire_decode(model, payload)
 
 
