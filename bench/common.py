@@ -15,8 +15,8 @@ import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from meterstream.devservices import DevServices
-from meterstream.devservices.system import ensure_debian, read_pid
+from meterstream.dev.services import DevServices
+from meterstream.dev.services.system import ensure_debian, read_pid
 from meterstream.kafka_clients import client_kwargs
 from meterstream.schemas.migrate import migrate
 

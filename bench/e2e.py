@@ -31,7 +31,7 @@ import asyncpg
 from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.common import WORK, fresh_db, services
-from meterstream import sample
+from meterstream.dev import sample
 from meterstream import settings as settings_mod
 from meterstream.kafka import delete_topics_with_prefix, end_offsets, ensure_topics
 from meterstream.kafka_clients import client_kwargs

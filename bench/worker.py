@@ -2,7 +2,7 @@
 
     python -m bench.worker [--records N] [--customers C] [--repeat R] [--unnamed-file]
 
-1. Throughput: the corpus of tests/corpus.py with N ordinary records is produced to a fresh
+1. Throughput: the corpus of meterstream/dev/corpus.py with N ordinary records is produced to a fresh
    haproxy.logs; the bare loop (aiokafka ``getmany``, the same validation, resolution and
    per-minute, per-second and per-day aggregation in plain dicts, nothing published) reads
    it, then the worker (resolve + meter, publishing meter.resolved, meter.usage,
@@ -41,7 +41,7 @@ from meterstream.schemas.enums import ServiceType, Tier
 from meterstream.schemas.records import LogRecord, SourcePosition, is_billable
 from meterstream.schemas.topics import key_of
 from meterstream.schemas.wire import decode, encode
-from tests.corpus import build
+from meterstream.dev.corpus import build
 
 
 async def produce(settings: settings_mod.Settings, config: list, records: list[tuple[bytes, bytes]]) -> None:

@@ -48,7 +48,7 @@ class Services:
 def services() -> Services:
     if os.environ.get("MS_TEST_EXTERNAL"):
         return Services(settings_mod.load(None).kafka, os.environ["MS_TEST_PG_ADMIN_DSN"])
-    from meterstream.devservices import DevServices
+    from meterstream.dev.services import DevServices
 
     dev = DevServices.default()
     dev.up()
@@ -59,17 +59,17 @@ def services() -> Services:
 def secure_kafka(services: Services) -> KafkaSettings:
     """Client settings of the broker's SASL_SSL listener (SCRAM-SHA-512, the development CA):
     the dev services' own, or with MS_TEST_EXTERNAL those of MS_TEST_KAFKA_SASL_SSL_BOOTSTRAP
-    and MS_TEST_KAFKA_TLS_DIR (a directory laid out as meterstream.devservices.kafka_tls's)."""
+    and MS_TEST_KAFKA_TLS_DIR (a directory laid out as meterstream.dev.services.kafka_tls's)."""
     from pathlib import Path
 
-    from meterstream.devservices.kafka_tls import KafkaTls
+    from meterstream.dev.services.kafka_tls import KafkaTls
 
     if os.environ.get("MS_TEST_EXTERNAL"):
         bootstrap, tls = os.environ.get("MS_TEST_KAFKA_SASL_SSL_BOOTSTRAP"), os.environ.get("MS_TEST_KAFKA_TLS_DIR")
         if not (bootstrap and tls):
             pytest.skip("no SASL_SSL listener named (MS_TEST_KAFKA_SASL_SSL_BOOTSTRAP, MS_TEST_KAFKA_TLS_DIR)")
         return KafkaSettings(**KafkaTls(Path(tls)).client_settings(bootstrap))
-    from meterstream.devservices import DevServices
+    from meterstream.dev.services import DevServices
 
     return DevServices.default().kafka.secure_settings()
 

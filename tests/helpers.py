@@ -264,6 +264,6 @@ def own_services_or_skip(what: str):  # noqa: ANN201
 
     if os.environ.get("MS_TEST_EXTERNAL"):
         pytest.skip(f"{what}: only with the project's own services")
-    from meterstream.devservices import DevServices
+    from meterstream.dev.services import DevServices
 
     return DevServices.default()

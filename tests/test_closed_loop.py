@@ -16,7 +16,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from meterstream import sample
+from meterstream.dev import sample
 from meterstream import settings as settings_mod
 from meterstream.kafka import delete_topics_with_prefix, ensure_topics
 from meterstream.schemas.apikeys import fingerprint_of_hash, key_hash

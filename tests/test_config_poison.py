@@ -16,7 +16,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from meterstream import sample
+from meterstream.dev import sample
 from meterstream.kafka import read_to_end
 from meterstream.kafka_clients import client_kwargs
 from meterstream.schemas.apikeys import key_hash

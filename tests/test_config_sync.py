@@ -11,7 +11,7 @@ import asyncpg
 import orjson
 import pytest
 
-from meterstream import sample
+from meterstream.dev import sample
 from meterstream.kafka import read_to_end
 from meterstream.schemas.apikeys import fingerprint_of_hash, key_hash
 from meterstream.settings import Settings

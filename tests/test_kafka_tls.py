@@ -17,9 +17,9 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from meterstream import sample
+from meterstream.dev import sample
 from meterstream import settings as settings_mod
-from meterstream.devservices.kafka_tls import make_ca, sign
+from meterstream.dev.services.kafka_tls import make_ca, sign
 from meterstream.kafka import ensure_topics, read_to_end
 from meterstream.kafka_access import KafkaAccessRefused, check
 from meterstream.schemas import topics

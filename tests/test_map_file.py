@@ -12,7 +12,7 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from meterstream import sample
+from meterstream.dev import sample
 from meterstream.atomic_file import group_id, probe, write_atomically
 from meterstream.ingest.checkpoint import Checkpoint, CheckpointStore, StreamCheckpoint
 from meterstream.settings import Settings

@@ -21,7 +21,7 @@ from meterstream.schemas.resolved import Forwarded, ResolvedBatch
 from meterstream.schemas.usage import COUNTS
 from meterstream.schemas.config import InstanceState
 from meterstream.schemas.enums import Tier
-from tests.corpus import BASE_TS, build
+from meterstream.dev.corpus import BASE_TS, build
 from tests.examples import configure
 
 

@@ -27,7 +27,7 @@ import yaml
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from meterstream import sample
+from meterstream.dev import sample
 from meterstream import settings as settings_mod
 from meterstream.kafka import ensure_topics, read_to_end
 from meterstream.schemas.topics import TOPICS

@@ -17,7 +17,7 @@ import asyncpg
 import orjson
 import pytest
 
-from meterstream import sample
+from meterstream.dev import sample
 from meterstream.crypto import DecryptError
 from meterstream.kafka import read_to_end
 from meterstream.schemas.enums import LimitKind, Tier, VaultStatus

@@ -26,7 +26,7 @@ from meterstream.schemas.topics import key_of
 from meterstream.schemas.usage import COUNTS
 from meterstream.schemas.wire import encode
 from meterstream.settings import Settings
-from tests.corpus import BASE_TS, build
+from meterstream.dev.corpus import BASE_TS, build
 from tests.helpers import Process, async_wait_for
 from tests.test_worker import Outputs, publish, worker
 

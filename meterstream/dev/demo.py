@@ -10,7 +10,8 @@ from pathlib import Path
 
 import orjson
 
-from meterstream import pg, sample
+from meterstream import pg
+from meterstream.dev import sample
 from meterstream.kafka import ensure_topics, read_to_end
 from meterstream.schemas import topics
 from meterstream.schemas.apikeys import fingerprint_to_hex
