@@ -14,9 +14,10 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from meterstream.dev.processes import wait_for
 from meterstream.kafka_clients import client_kwargs
 from tests.conftest import Services
-from tests.helpers import ROOT, wait_for
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.services
 

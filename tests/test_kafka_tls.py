@@ -17,8 +17,9 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from meterstream.dev import sample
 from meterstream import settings as settings_mod
+from meterstream.dev import sample
+from meterstream.dev.processes import Process, kafka_env, wait_for
 from meterstream.dev.services.kafka_tls import make_ca, sign
 from meterstream.kafka import ensure_topics, read_to_end
 from meterstream.kafka_access import KafkaAccessRefused, check
@@ -26,7 +27,6 @@ from meterstream.schemas import topics
 from meterstream.schemas.apikeys import fingerprint_of_hash, fingerprint_to_hex, key_hash
 from meterstream.settings import KafkaSettings
 from tests.conftest import unique
-from tests.helpers import Process, kafka_env, wait_for
 
 pytestmark = pytest.mark.services
 

@@ -27,13 +27,15 @@ import yaml
 from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from meterstream.dev import sample
 from meterstream import settings as settings_mod
+from meterstream.dev import sample
+from meterstream.dev.databases import create_database, drop_database
+from meterstream.dev.processes import Process, free_port, meterstream_exe, require, wait_for
 from meterstream.kafka import ensure_topics, read_to_end
 from meterstream.schemas.topics import TOPICS
 from meterstream.settings import Settings
-from tests.conftest import Services, _create_db, _drop_db, unique
-from tests.helpers import ROOT, Process, free_port, meterstream_exe, require, wait_for
+from tests.conftest import Services, unique
+from tests.helpers import ROOT
 
 pytestmark = [pytest.mark.services]
 
@@ -54,7 +56,7 @@ async def run(services: Services, pg_template: str, tmp_path_factory: pytest.Tem
     settings = settings_mod.load(None, kafka={"bootstrap": services.kafka_bootstrap,
                                               "topic_prefix": unique("run") + "."})
     created = await ensure_topics(settings, partitions=2)
-    database = await _create_db(services, pg_template)
+    database = await create_database(services.pg_admin_dsn, pg_template)
     dsn = services.dsn(database)
     conn = await asyncpg.connect(dsn)
     procs: list[Process] = []
@@ -106,7 +108,7 @@ async def run(services: Services, pg_template: str, tmp_path_factory: pytest.Tem
             if p.running():
                 p.kill9()
         await conn.close()
-        await _drop_db(services, database)
+        await drop_database(services.pg_admin_dsn, database)
         admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
         await admin.start()
         try:

@@ -13,10 +13,12 @@ from pathlib import Path
 import orjson
 import pytest
 
+from meterstream.dev.processes import Process, wait_for
+from meterstream.dev.topics import consume
 from meterstream.ingest.checkpoint import CheckpointStore
 from meterstream.settings import Settings
 from tests.conftest import Services
-from tests.helpers import Process, consume, json_line, own_services_or_skip, wait_for
+from tests.helpers import json_line, own_services_or_skip
 
 pytestmark = pytest.mark.services
 

@@ -13,12 +13,12 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from meterstream.dev.corpus import BASE_TS, Corpus, build
+from meterstream.dev.processes import Process
 from meterstream.kafka_clients import client_kwargs
 from meterstream.schemas import topics
 from meterstream.schemas.usage import COUNTS
 from meterstream.settings import Settings
-from meterstream.dev.corpus import BASE_TS, Corpus, build
-from tests.helpers import Process
 
 pytestmark = pytest.mark.services
 
