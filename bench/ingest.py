@@ -28,6 +28,7 @@ from pathlib import Path
 from bench.common import (
     WORK,
     cpu_seconds,
+    create_topics,
     delete_topics,
     fresh_topics,
     need,
@@ -130,7 +131,7 @@ def measure(bootstrap: str, path: Path, lines: int, profile: bool) -> tuple[Run,
     kcat_topic, = run_async(fresh_topics(bootstrap, "kcat"))
     prefix = kcat_topic.replace(".kcat.", ".tail.") + "."
     tail_topics = [prefix + "haproxy.logs", prefix + "haproxy.logs.rejected"]
-    run_async(_create(bootstrap, tail_topics))
+    run_async(create_topics(bootstrap, tail_topics))
     try:
         return kcat(bootstrap, kcat_topic, path, lines), tailer(bootstrap, prefix, path, lines, profile)
     finally:
@@ -198,19 +199,6 @@ def main() -> None:
         import pstats
 
         pstats.Stats(str(WORK / "tail.prof")).sort_stats("tottime").print_stats(18)
-
-
-async def _create(bootstrap: str, topics: list[str]) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    from bench.common import kafka_kwargs
-
-    admin = AIOKafkaAdminClient(**kafka_kwargs(bootstrap))
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(t, 4, 1) for t in topics])
-    finally:
-        await admin.close()
 
 
 if __name__ == "__main__":
