@@ -83,11 +83,6 @@ class Process:
         self.http_port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
     def start(self) -> Process:
         self.http_port = free_port()
         out = open(self.log, "ab")  # noqa: SIM115 - closed with the process
@@ -120,10 +115,6 @@ class Process:
         """A sample of /metrics (``labels`` as the exposition writes them: ``a="x",b="y"``);
         KeyError when absent, unless a default is given."""
         return metrics.value(self.scrape(), name, labels, default)
-
-    def wait_healthy(self, timeout: float = 60.0) -> Process:
-        wait_for(lambda: self.get("/healthz", timeout)[0] == 200, timeout, f"{self.args[0]} healthy")
-        return self
 
     def terminate(self, timeout: float = 60) -> int:
         assert self.proc is not None
