@@ -2,7 +2,8 @@
 
 They run in development mode (MS_DEV=1, docs/security.md): the built-in development keys and
 the local plaintext services, for this process and every process it starts. The real HAProxy
-they run (through tests/test_closed_loop.py) gets its HMAC key from tests/helpers.py.
+they run (meterstream/dev/haproxy.py) hashes keys with the built-in development key, as the
+development-mode settings do.
 """
 
 from meterstream import devmode

@@ -1,4 +1,6 @@
-"""Shared pieces of the benchmarks: services, topics, processes, CPU pinning, memory."""
+"""What the benchmarks alone need: CPU pinning, CPU time and memory of a process, fast
+producing. Services, topics, databases and processes come from the dev harness
+(meterstream/dev, docs/dev-services.md)."""
 
 from __future__ import annotations
 
@@ -7,18 +9,16 @@ import os
 import shutil
 import subprocess
 import uuid
+from collections.abc import Iterable
 from pathlib import Path
 
-from collections.abc import Iterable
-
-import asyncpg
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from meterstream.devservices import DevServices
-from meterstream.devservices.system import ensure_debian, read_pid
+from meterstream.dev import databases, topics
+from meterstream.dev.services import DevServices
+from meterstream.dev.services.system import ensure_debian, read_pid
 from meterstream.kafka_clients import client_kwargs
-from meterstream.schemas.migrate import migrate
+from meterstream.settings import KafkaSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = Path(os.environ.get("MS_BENCH_DIR", "/tmp/meterstream-bench"))
@@ -27,8 +27,6 @@ WORK = Path(os.environ.get("MS_BENCH_DIR", "/tmp/meterstream-bench"))
 def kafka_kwargs(bootstrap: str) -> dict:
     """An aiokafka client's connection arguments for the benchmarks' broker (the dev broker's
     plaintext listener, as the references such as kcat use it), as every client gets them."""
-    from meterstream.settings import KafkaSettings
-
     return client_kwargs(KafkaSettings(bootstrap=bootstrap))
 
 
@@ -46,24 +44,18 @@ def need(tool: str, package: str) -> str:
 
 
 async def fresh_topics(bootstrap: str, *names: str, partitions: int = 4) -> list[str]:
+    """Topics ``bench.<name>.<suffix>``, the suffix new for each call."""
     suffix = uuid.uuid4().hex[:8]
-    topics = [f"bench.{name}.{suffix}" for name in names]
-    admin = AIOKafkaAdminClient(**kafka_kwargs(bootstrap))
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(t, partitions, 1) for t in topics])
-    finally:
-        await admin.close()
-    return topics
+    return await topics.create_topics(KafkaSettings(bootstrap=bootstrap),
+                                      [f"bench.{name}.{suffix}" for name in names], partitions)
 
 
-async def delete_topics(bootstrap: str, topics: list[str]) -> None:
-    admin = AIOKafkaAdminClient(**kafka_kwargs(bootstrap))
-    await admin.start()
-    try:
-        await admin.delete_topics(topics)
-    finally:
-        await admin.close()
+async def create_topics(bootstrap: str, names: list[str], partitions: int = 4) -> list[str]:
+    return await topics.create_topics(KafkaSettings(bootstrap=bootstrap), names, partitions)
+
+
+async def delete_topics(bootstrap: str, names: list[str]) -> None:
+    await topics.delete_topics(KafkaSettings(bootstrap=bootstrap), names)
 
 
 def pin_broker(dev: DevServices, cpu: int) -> None:
@@ -76,7 +68,7 @@ def pin_broker(dev: DevServices, cpu: int) -> None:
 def unpin_broker(dev: DevServices) -> None:
     pid = read_pid(dev.kafka.pidfile)
     if pid is not None and shutil.which("taskset"):
-        subprocess.run(["taskset", "-a", "-p", "-c", f"0-{os.cpu_count() - 1}", str(pid)], capture_output=True)
+        subprocess.run(["taskset", "-a", "-p", "-c", f"0-{(os.cpu_count() or 1) - 1}", str(pid)], capture_output=True)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -122,19 +114,7 @@ async def produce_all(bootstrap: str, messages: Iterable[tuple[str, bytes | None
 
 async def fresh_db(admin_dsn: str) -> str:
     """A new, migrated database; returns its DSN."""
-    name = f"bench_{uuid.uuid4().hex[:8]}"
-    admin = await asyncpg.connect(admin_dsn)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = admin_dsn.rsplit("/", 1)[0] + "/" + name
-    conn = await asyncpg.connect(dsn)
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    return dsn
+    return databases.dsn_of(admin_dsn, await databases.migrated_database(admin_dsn, prefix="bench"))
 
 
 def run_async(coro):  # noqa: ANN001, ANN201

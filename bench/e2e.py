@@ -1,4 +1,4 @@
-"""End-to-end benchmark (issue 6): the whole pipeline on this machine.
+"""End-to-end benchmark: the whole pipeline on this machine.
 
     python -m bench.e2e [--rates 1000,2000,4000,8000] [--step-s 20] [--breaches 5]
 
@@ -9,8 +9,9 @@
    yet stored by the sink) is sampled every second over the step. A rate is kept up with when
    neither backlog grows: the slope of each (least squares over the samples) stays within 1 %
    of the rate (or 20 records/s).
-2. Breach to 403: the closed loop of tests/test_closed_loop.py with a real HAProxy, timed from
-   the request that reaches the spend cap to HAProxy's first 403, several times.
+2. Breach to 403: the closed loop with a real HAProxy (meterstream/dev/closed_loop.py, which
+   tests/test_closed_loop.py runs too), timed from the request that reaches the spend cap to
+   HAProxy's first 403, several times, each on topics and a database of its own.
 """
 
 from __future__ import annotations
@@ -18,23 +19,23 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import os
-import signal
-import subprocess
-import sys
+import tempfile
 import threading
 import time
 import uuid
 from pathlib import Path
 
 import asyncpg
-from aiokafka.admin import AIOKafkaAdminClient
 
 from bench.common import WORK, fresh_db, services
-from meterstream import sample
 from meterstream import settings as settings_mod
+from meterstream.dev import sample
+from meterstream.dev.closed_loop import ClosedLoop
+from meterstream.dev.databases import drop_database, migrated_database
+from meterstream.dev.endpoints import Services
+from meterstream.dev.processes import Process
+from meterstream.dev.topics import group_lag
 from meterstream.kafka import delete_topics_with_prefix, end_offsets, ensure_topics
-from meterstream.kafka_clients import client_kwargs
 from meterstream.meter.config_sync import ConfigSync
 from meterstream.schemas.apikeys import fingerprint_of_hash, fingerprint_to_hex, key_hash
 
@@ -67,22 +68,14 @@ async def backlog(settings: settings_mod.Settings, dsn: str) -> tuple[int, int]:
     """(records on haproxy.logs the worker has not committed, records the sink has not stored)."""
     topic = settings.topic("haproxy.logs")
     ends = await end_offsets(settings, topic)
-    admin = AIOKafkaAdminClient(**client_kwargs(settings.kafka))
-    await admin.start()
-    try:
-        committed = {tp.partition: m.offset for tp, m in
-                     (await admin.list_consumer_group_offsets(f"{settings.kafka.topic_prefix}meterstream-worker")).items()
-                     if tp.topic == topic}
-    finally:
-        await admin.close()
+    worker = await group_lag(settings, f"{settings.kafka.topic_prefix}{settings.worker.app_id}", [topic])
     conn = await asyncpg.connect(dsn)
     try:
         stored = {r["partition"]: r["next_offset"] for r in await conn.fetch(
             "SELECT partition, next_offset FROM sink_offsets WHERE topic = $1", topic)}
     finally:
         await conn.close()
-    return (sum(max(end - committed.get(p, 0), 0) for p, end in ends.items()),
-            sum(max(end - stored.get(p, 0), 0) for p, end in ends.items()))
+    return sum(worker.values()), sum(max(end - stored.get(p, 0), 0) for p, end in ends.items())
 
 
 def slope(points: list[tuple[float, int]]) -> float:
@@ -96,12 +89,6 @@ def slope(points: list[tuple[float, int]]) -> float:
     return sum((t - mt) * (b - mb) for t, b in points) / var if var else 0.0
 
 
-def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
-    with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-m", "meterstream.cli", "--log-format", "json", *args],
-                                env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
-
-
 async def sustained(dev, rates: list[int], step_s: float) -> None:  # noqa: ANN001
     dsn = await fresh_db(dev.postgres.dsn.rsplit("/", 1)[0] + "/postgres")
     name = dsn.rsplit("/", 1)[1]
@@ -113,6 +100,7 @@ async def sustained(dev, rates: list[int], step_s: float) -> None:  # noqa: ANN0
     await conn.close()
     await ensure_topics(settings, partitions=4)
     await ConfigSync(settings).publish_once()
+    assert settings.keys.key_secret_b64 is not None  # development mode: the built-in key
     secret = base64.b64decode(settings.keys.key_secret_b64.get_secret_value())
     keys = [("SacmeSealDemoKey00000000000000001", 184467441), ("SinitechSealDemoKey00000000000001", 1299827003)]
     fps = [(fingerprint_to_hex(fingerprint_of_hash(key_hash(secret, k))), c) for k, c in keys]
@@ -122,10 +110,12 @@ async def sustained(dev, rates: list[int], step_s: float) -> None:  # noqa: ANN0
     log.touch()
     env = {"MS_KAFKA__BOOTSTRAP": settings.kafka.bootstrap, "MS_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
            "MS_POSTGRES__DSN": dsn}
-    procs = [start(["tail", str(log), "--checkpoint", str(work / f"{name}.cp")], env, work / "tail.log"),
-             start(["worker"], env, work / "worker.log"),
-             start(["sink-postgres"], env, work / "sink.log")]
+    procs = [Process(["tail", str(log), "--checkpoint", str(work / f"{name}.cp")], env, work / "tail.log"),
+             Process(["worker"], env, work / "worker.log"),
+             Process(["sink-postgres"], env, work / "sink.log")]
     try:
+        for p in procs:
+            p.start()
         await asyncio.sleep(12)  # the worker joins its group
         print(f"{'lines/s':>8} {'worker backlog start -> end (slope/s)':>38} "
               f"{'sink backlog start -> end (slope/s)':>36}  verdict")
@@ -155,24 +145,33 @@ async def sustained(dev, rates: list[int], step_s: float) -> None:  # noqa: ANN0
         print(f"sustained: the pipeline keeps up with {kept:,} requests/s (tail + worker + sink, one process each)")
     finally:
         for p in procs:
-            p.send_signal(signal.SIGTERM)
-        for p in procs:
-            p.wait(60)
+            if p.running():
+                p.terminate()
         await delete_topics_with_prefix(settings)
 
 
-def breach_to_403(times: int) -> None:
-    env = {**os.environ}
+async def breach_to_403(services: Services, times: int) -> None:
+    """The closed loop ``times`` times, each on a fresh database and topic prefix."""
+    work = WORK / "e2e"
+    work.mkdir(parents=True, exist_ok=True)
     latencies = []
     for _ in range(times):
-        out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-s", "-p", "no:cacheprovider",
-                              "tests/test_closed_loop.py"], cwd=Path(__file__).resolve().parent.parent, env=env,
-                             capture_output=True, text=True)
-        found = [line for line in out.stdout.splitlines() if line.startswith("breach -> first 403:")]
-        if out.returncode != 0 or not found:
-            print(out.stdout[-2000:])
-            raise RuntimeError("the closed-loop run failed")
-        latencies.append(float(found[0].split()[-2]))
+        database = await migrated_database(services.pg_admin_dsn, prefix="bench_loop")
+        dsn = services.dsn(database)
+        conn = await asyncpg.connect(dsn)
+        workdir = Path(tempfile.mkdtemp(prefix="loop-", dir=work))
+        try:
+            async with ClosedLoop(services.kafka_bootstrap, conn, dsn, workdir) as loop:
+                latencies.append(await loop.breach())
+                await loop.stop_bystander()
+                for p in reversed(loop.procs):
+                    p.terminate()
+        except Exception:
+            print(f"# the closed-loop run failed; its logs are in {workdir}")
+            raise
+        finally:
+            await conn.close()
+            await drop_database(services.pg_admin_dsn, database)
     latencies.sort()
     print(f"breach -> first 403 over {times} closed-loop runs: median {latencies[len(latencies) // 2]:.2f} s, "
           f"max {latencies[-1]:.2f} s (goal <= 5 s)")
@@ -186,7 +185,7 @@ def main() -> None:
     args = parser.parse_args()
     dev = services()
     asyncio.run(sustained(dev, [int(r) for r in args.rates.split(",")], args.step_s))
-    breach_to_403(args.breaches)
+    asyncio.run(breach_to_403(Services.of(dev), args.breaches))
 
 
 if __name__ == "__main__":

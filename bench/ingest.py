@@ -8,8 +8,8 @@ CPU 0) to another fresh topic; the broker is kept on CPU 1 meanwhile. Prints lin
 their ratio, the CPU time each used (lines per CPU-second: less sensitive to other load on a
 shared machine than wall time) and the tailer's peak RSS with its RSS at each quarter of the
 file. --repeat R runs each measurement R times (fresh topics each time) and prints the medians.
---scale runs it at 100k, 1M and 5M lines (issue 12 part 3: the cost grows linearly, RSS
-stays flat). --profile also runs the tailer under cProfile and prints where its time goes.
+--scale runs it at 100k, 1M and 5M lines (the cost should grow linearly, RSS
+stay flat). --profile also runs the tailer under cProfile and prints where its time goes.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from pathlib import Path
 from bench.common import (
     WORK,
     cpu_seconds,
+    create_topics,
     delete_topics,
     fresh_topics,
     need,
@@ -102,7 +103,7 @@ def tailer(bootstrap: str, topic_prefix: str, path: Path, lines: int, profile: b
     started = time.perf_counter()
     proc = subprocess.Popen(["taskset", "-c", "0", *cmd], env=env)
     first: tuple[float, int] | None = None  # (time, offset) of the first acknowledged round
-    peak, quarters = 0.0, []
+    peak, quarters = 0.0, list[float]()
     while True:
         time.sleep(0.05)
         peak = max(peak, peak_rss_mib(proc.pid))
@@ -130,7 +131,7 @@ def measure(bootstrap: str, path: Path, lines: int, profile: bool) -> tuple[Run,
     kcat_topic, = run_async(fresh_topics(bootstrap, "kcat"))
     prefix = kcat_topic.replace(".kcat.", ".tail.") + "."
     tail_topics = [prefix + "haproxy.logs", prefix + "haproxy.logs.rejected"]
-    run_async(_create(bootstrap, tail_topics))
+    run_async(create_topics(bootstrap, tail_topics))
     try:
         return kcat(bootstrap, kcat_topic, path, lines), tailer(bootstrap, prefix, path, lines, profile)
     finally:
@@ -198,19 +199,6 @@ def main() -> None:
         import pstats
 
         pstats.Stats(str(WORK / "tail.prof")).sort_stats("tottime").print_stats(18)
-
-
-async def _create(bootstrap: str, topics: list[str]) -> None:
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-
-    from bench.common import kafka_kwargs
-
-    admin = AIOKafkaAdminClient(**kafka_kwargs(bootstrap))
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(t, 4, 1) for t in topics])
-    finally:
-        await admin.close()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python -m bench.worker [--records N] [--customers C] [--repeat R] [--unnamed-file]
 
-1. Throughput: the corpus of tests/corpus.py with N ordinary records is produced to a fresh
+1. Throughput: the corpus of meterstream/dev/corpus.py with N ordinary records is produced to a fresh
    haproxy.logs; the bare loop (aiokafka ``getmany``, the same validation, resolution and
    per-minute, per-second and per-day aggregation in plain dicts, nothing published) reads
    it, then the worker (resolve + meter, publishing meter.resolved, meter.usage,
@@ -19,10 +19,7 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -31,17 +28,19 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.common import WORK, cpu_seconds, peak_rss_mib, pin_broker, produce_all, rss_mib, services, unpin_broker
 from meterstream import settings as settings_mod
+from meterstream.dev import metrics
+from meterstream.dev.corpus import build
+from meterstream.dev.processes import Process
 from meterstream.kafka import delete_topics_with_prefix, ensure_topics, partitions_of
 from meterstream.kafka_clients import client_kwargs
 from meterstream.meter.config_view import ConfigView
 from meterstream.meter.resolve import resolve
 from meterstream.schemas import topics
 from meterstream.schemas.config import ApiKeyState, CustomerState, InstanceState
-from meterstream.schemas.enums import ServiceType, Tier
+from meterstream.schemas.enums import Network, ServiceType, Tier, TrafficType
 from meterstream.schemas.records import LogRecord, SourcePosition, is_billable
 from meterstream.schemas.topics import key_of
 from meterstream.schemas.wire import decode, encode
-from tests.corpus import build
 
 
 async def produce(settings: settings_mod.Settings, config: list, records: list[tuple[bytes, bytes]]) -> None:
@@ -98,37 +97,32 @@ async def bare_loop(settings: settings_mod.Settings, config: list, total: int) -
     return total / elapsed, cpu_us
 
 
-def metered(port: int) -> float:
+def metered(worker: Process) -> float:
     """Records the worker is done with: metered (applied or a repeat) or refused, on their
     own partition or after being forwarded to their customer's."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            body = r.read().decode()
+        text = worker.scrape(timeout=0)
     except OSError:
         return 0.0
-    done = ('outcome="applied"', 'outcome="repeat"', 'outcome="rejected"')
-    return sum(float(line.split()[-1]) for line in body.splitlines()
-               if line.startswith("meterstream_worker_records_total{") and any(o in line for o in done))
+    return metrics.total(text, "meterstream_worker_records_total", outcome=("applied", "repeat", "rejected"))
 
 
 def run_worker(settings: settings_mod.Settings, total: int, log: Path,
                rest_s: float = 0.0) -> tuple[float, float, float, float]:
     """Starts the worker on core 0; returns (records/s from its first to its last record, CPU
     µs per record meanwhile, peak RSS MiB, RSS MiB ``rest_s`` after the last record)."""
-    port = 18_000 + os.getpid() % 1000
-    env = {**os.environ, "MS_KAFKA__BOOTSTRAP": settings.kafka.bootstrap,
-           "MS_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+    env = {"MS_KAFKA__BOOTSTRAP": settings.kafka.bootstrap, "MS_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
            "MS_WORKER__APP_ID": f"meterstream-worker-{uuid.uuid4().hex[:8]}"}  # each run from the start
-    with open(log, "ab") as out:
-        proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "meterstream.cli", "--log-format", "json",
-                                 "worker", "--http-port", str(port)], env=env, stdout=out, stderr=subprocess.STDOUT)
+    worker = Process(["worker"], env, log, wrap=["taskset", "-c", "0"]).start()
+    proc = worker.proc
+    assert proc is not None
     try:
         first = None
         deadline = time.monotonic() + 1800
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 raise RuntimeError(f"the worker exited with {proc.returncode}; see {log}")
-            done = metered(port)
+            done = metered(worker)
             if done and first is None:
                 first = (time.perf_counter(), done, cpu_seconds(proc.pid))
             if done >= total:
@@ -158,9 +152,11 @@ def state_corpus(customers: int) -> tuple[list, list[tuple[bytes, bytes]]]:
             fp = c * 4 + int(service)
             inst = InstanceState(customer_id=c, service_type=service, tier=Tier.PRO)
             key = ApiKeyState(api_key_fp=fp, api_key_hash=f"{fp:064x}", customer_id=c, service_type=service)
-            config += [(topics.METER_INSTANCES, key_of(inst), encode(inst)), (topics.METER_APIKEYS, key_of(key), encode(key))]
+            config += [(topics.METER_INSTANCES, key_of(inst), encode(inst)),
+                       (topics.METER_APIKEYS, key_of(key), encode(key))]
             rec = LogRecord(ts=ts + c % 60_000, request_id=f"s{c}-{int(service)}", client_ip="10.0.0.1", api_key_fp=fp,
-                            service_type=service, network=1, server_id=17, traffic_type=1, status=200, bytes_sent=10,
+                            service_type=service, network=Network.MAINNET, server_id=17,
+                            traffic_type=TrafficType.GUARANTEED, status=200, bytes_sent=10,
                             customer_id=c, src=SourcePosition(stream="bench-state:1:1:x", offset=c * 4 + int(service)))
             records.append((key_of(rec), encode(rec)))
     return config, records

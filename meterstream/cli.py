@@ -519,8 +519,8 @@ def dev() -> None:
 
 def _dev(action: str):  # noqa: ANN202 - deferred import: only these commands need it
     """Run ``DevServices.<action>()``, printing what it did; its errors are usage errors."""
-    from meterstream.devservices import DevServices
-    from meterstream.devservices.system import ServiceError
+    from meterstream.dev.services import DevServices
+    from meterstream.dev.services.system import ServiceError
 
     services = DevServices.default()
     try:
@@ -546,7 +546,7 @@ def dev_down() -> None:
 @dev.command("status")
 def dev_status() -> None:
     """Say whether the local services are running."""
-    from meterstream.devservices import DevServices
+    from meterstream.dev.services import DevServices
 
     for name, state in DevServices.default().status().items():
         click.echo(f"{name}: {state}")
@@ -561,7 +561,7 @@ def demo(obj: Context, workdir: str | None) -> None:
     the sample customers and keys, tail a sample HAProxy log into Kafka, and show the result."""
     import os
 
-    from meterstream.demo import run
+    from meterstream.dev.demo import run
 
     os.environ.setdefault("MS_DEV", "1")  # the demo is a development run (meterstream.devmode)
     if obj.settings.log_level not in ("debug", "warning", "error"):

@@ -33,7 +33,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-# Ports of the local development services (loopback only); see meterstream/devservices.
+# Ports of the local development services (loopback only); see meterstream/dev/services.
 DEV_KAFKA_PORT = 19092
 DEV_KAFKA_CONTROLLER_PORT = 19093
 DEV_KAFKA_SASL_SSL_PORT = 19094  # the same broker's SASL_SSL (SCRAM-SHA-512) listener

@@ -3,8 +3,9 @@
 Services are started by the project's own dev services (idempotent: reused when running).
 Set MS_TEST_EXTERNAL=1 to use already-running services named by MS_KAFKA__BOOTSTRAP (with the
 other MS_KAFKA__* settings: TLS and SASL) and MS_TEST_PG_ADMIN_DSN instead. Every Kafka client
-of the tests is made from ``services.kafka`` (meterstream.kafka_clients). Each test gets its own database (a copy of a migrated template)
-and its own topics, so tests do not interfere.
+of the tests is made from ``services.kafka`` (meterstream.kafka_clients). Each test gets its own
+database (a copy of a migrated template) and its own topics, so tests do not interfere. The
+fixtures are thin: the harness is meterstream/dev (docs/dev-services.md).
 
 The tests run in development mode (MS_DEV=1, docs/security.md), and so do the processes they
 start; a test of production behaviour sets MS_DEV=0 for its own process.
@@ -13,117 +14,72 @@ start; a test of production behaviour sets MS_DEV=0 for its own process.
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 
 import asyncpg
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from meterstream import devmode
 from meterstream import settings as settings_mod
-from meterstream.kafka_clients import client_kwargs
-from meterstream.schemas.migrate import migrate
+from meterstream.dev.databases import create_database, drop_database, migrated_database
+from meterstream.dev.endpoints import Services
+from meterstream.dev.names import unique
+from meterstream.dev.topics import NewTopics
 from meterstream.settings import KafkaSettings, Settings
 
+__all__ = ["Services", "unique"]  # the tests import them from here
 
 devmode.enable()
-
-
-@dataclass(frozen=True)
-class Services:
-    kafka: KafkaSettings  # the connection settings of the tests' Kafka clients
-    pg_admin_dsn: str  # a superuser DSN to the `postgres` database
-
-    @property
-    def kafka_bootstrap(self) -> str:
-        return self.kafka.bootstrap
-
-    def dsn(self, database: str) -> str:
-        return self.pg_admin_dsn.rsplit("/", 1)[0] + "/" + database
 
 
 @pytest.fixture(scope="session")
 def services() -> Services:
     if os.environ.get("MS_TEST_EXTERNAL"):
-        return Services(settings_mod.load(None).kafka, os.environ["MS_TEST_PG_ADMIN_DSN"])
-    from meterstream.devservices import DevServices
-
-    dev = DevServices.default()
-    dev.up()
-    return Services(KafkaSettings(bootstrap=dev.kafka.bootstrap), dev.postgres.dsn.rsplit("/", 1)[0] + "/postgres")
+        return Services.external()
+    return Services.local()
 
 
 @pytest.fixture(scope="session")
 def secure_kafka(services: Services) -> KafkaSettings:
     """Client settings of the broker's SASL_SSL listener (SCRAM-SHA-512, the development CA):
     the dev services' own, or with MS_TEST_EXTERNAL those of MS_TEST_KAFKA_SASL_SSL_BOOTSTRAP
-    and MS_TEST_KAFKA_TLS_DIR (a directory laid out as meterstream.devservices.kafka_tls's)."""
+    and MS_TEST_KAFKA_TLS_DIR (a directory laid out as meterstream.dev.services.kafka_tls's)."""
     from pathlib import Path
 
-    from meterstream.devservices.kafka_tls import KafkaTls
+    from meterstream.dev.services.kafka_tls import KafkaTls
 
     if os.environ.get("MS_TEST_EXTERNAL"):
         bootstrap, tls = os.environ.get("MS_TEST_KAFKA_SASL_SSL_BOOTSTRAP"), os.environ.get("MS_TEST_KAFKA_TLS_DIR")
         if not (bootstrap and tls):
             pytest.skip("no SASL_SSL listener named (MS_TEST_KAFKA_SASL_SSL_BOOTSTRAP, MS_TEST_KAFKA_TLS_DIR)")
-        return KafkaSettings(**KafkaTls(Path(tls)).client_settings(bootstrap))
-    from meterstream.devservices import DevServices
+        return KafkaSettings.model_validate(KafkaTls(Path(tls)).client_settings(bootstrap))
+    from meterstream.dev.services import DevServices
 
     return DevServices.default().kafka.secure_settings()
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}_{uuid.uuid4().hex[:12]}"
 
 
 @pytest.fixture(scope="session")
 async def pg_template(services: Services) -> AsyncIterator[str]:
     """A database migrated once per session; each test's database is a copy of it."""
-    name = await _create_db(services, None, prefix="ms_tpl")
-    conn = await asyncpg.connect(services.dsn(name))
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
+    name = await migrated_database(services.pg_admin_dsn, prefix="ms_tpl")
     yield name
-    await _drop_db(services, name)  # a new connection: a test may have restarted Postgres
-
-
-async def _create_db(services: Services, template: str | None, prefix: str = "ms_test") -> str:
-    name = unique(prefix)
-    admin = await asyncpg.connect(services.pg_admin_dsn)
-    try:
-        clause = f' TEMPLATE "{template}"' if template else ""
-        await admin.execute(f'CREATE DATABASE "{name}"{clause}')
-    finally:
-        await admin.close()
-    return name
-
-
-async def _drop_db(services: Services, name: str) -> None:
-    admin = await asyncpg.connect(services.pg_admin_dsn)
-    try:
-        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await admin.close()
+    await drop_database(services.pg_admin_dsn, name)
 
 
 @pytest.fixture
 async def pg_dsn(services: Services, pg_template: str) -> AsyncIterator[str]:
     """A migrated database of this test's own."""
-    name = await _create_db(services, pg_template)
+    name = await create_database(services.pg_admin_dsn, pg_template)
     yield services.dsn(name)
-    await _drop_db(services, name)
+    await drop_database(services.pg_admin_dsn, name)
 
 
 @pytest.fixture
 async def empty_pg_dsn(services: Services) -> AsyncIterator[str]:
     """An empty database of this test's own (for migration tests)."""
-    name = await _create_db(services, None)
+    name = await create_database(services.pg_admin_dsn)
     yield services.dsn(name)
-    await _drop_db(services, name)
+    await drop_database(services.pg_admin_dsn, name)
 
 
 @pytest.fixture
@@ -136,26 +92,14 @@ async def pg(pg_dsn: str) -> AsyncIterator[asyncpg.Connection]:
 @pytest.fixture
 async def new_topic(services: Services) -> AsyncIterator[Callable[..., Awaitable[str]]]:
     """Creates topics with unique names for this test; deletes them afterwards."""
-    admin = AIOKafkaAdminClient(**client_kwargs(services.kafka))
-    await admin.start()
-    created: list[str] = []
-
-    async def make(prefix: str = "t", partitions: int = 1, compacted: bool = False) -> str:
-        name = unique(prefix.replace(".", "_"))
-        configs = {"cleanup.policy": "compact"} if compacted else {}
-        await admin.create_topics([NewTopic(name, partitions, 1, topic_configs=configs)])
-        created.append(name)
-        return name
-
-    yield make
-    if created:
-        await admin.delete_topics(created)
-    await admin.close()
+    topics = await NewTopics(services.kafka).start()
+    yield topics.make
+    await topics.close()
 
 
 @pytest.fixture
 async def ms_topics(services: Services) -> AsyncIterator[Settings]:
-    """Settings whose topic prefix is this test's own, with SPEC §5's topics created
+    """Settings whose topic prefix is this test's own, with the topics of docs/wire.md created
     (2 partitions each); every topic with the prefix is deleted afterwards."""
     from meterstream.kafka import delete_topics_with_prefix, ensure_topics
 

@@ -19,10 +19,11 @@ import orjson
 import pytest
 import zstandard
 
+from meterstream.dev.processes import meterstream_exe
 from meterstream.kafka import end_offsets, read_to_end
 from meterstream.schemas import topics
 from meterstream.settings import Settings
-from tests.helpers import json_line, meterstream_exe
+from tests.helpers import json_line
 
 pytestmark = [pytest.mark.services]
 

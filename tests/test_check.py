@@ -17,10 +17,11 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from meterstream import settings as settings_mod
+from meterstream.dev.haproxy import EchoBackend, HAProxy
+from meterstream.dev.processes import free_port, meterstream_exe
 from meterstream.kafka import ensure_topics
 from meterstream.settings import DEV_VAULT_KEY_B64, Settings
 from tests.conftest import Services, unique
-from tests.helpers import EchoBackend, HAProxy, free_port, meterstream_exe
 
 pytestmark = pytest.mark.services
 

@@ -16,13 +16,13 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from meterstream import sample
+from meterstream.dev import sample
+from meterstream.dev.processes import Process, meterstream_exe, wait_for
 from meterstream.kafka import read_to_end
 from meterstream.kafka_clients import client_kwargs
 from meterstream.schemas.apikeys import key_hash
 from meterstream.schemas.money import CENTS_MAX
 from meterstream.settings import Settings
-from tests.helpers import Process, meterstream_exe, wait_for
 from tests.test_config_sync import eventually, sync_process, view
 
 pytestmark = pytest.mark.services

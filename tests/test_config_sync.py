@@ -11,11 +11,11 @@ import asyncpg
 import orjson
 import pytest
 
-from meterstream import sample
+from meterstream.dev import sample
+from meterstream.dev.processes import Process
 from meterstream.kafka import read_to_end
 from meterstream.schemas.apikeys import fingerprint_of_hash, key_hash
 from meterstream.settings import Settings
-from tests.helpers import Process
 
 pytestmark = pytest.mark.services
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT, require
+from meterstream.dev.processes import require
+from tests.helpers import ROOT
 
 UNITS_DIR = ROOT / "deploy" / "systemd"
 PROCESSES = ("tail", "syslog", "worker", "sink-postgres", "vault", "sync-config")

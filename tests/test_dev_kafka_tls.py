@@ -1,6 +1,6 @@
 """The development broker's SASL_SSL files and configuration, without a broker: made once and
 reused, and a configuration that differs from the one `up` writes (an older set-up's, or new TLS
-files) is what makes `up` restart a broker of its own (meterstream.devservices.kafka)."""
+files) is what makes `up` restart a broker of its own (meterstream.dev.services.kafka)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import ssl
 import stat
 from pathlib import Path
 
-from meterstream.devservices.kafka import KafkaBroker
+from meterstream.dev.services.kafka import KafkaBroker
 from meterstream.kafka_clients import client_kwargs
 
 

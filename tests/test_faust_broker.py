@@ -1,5 +1,5 @@
-"""faust-streaming against the project's Kafka broker (SPEC §10 asks to check that a 4.x broker
-gives faust what it needs): an agent, a table, exactly_once, and recovery from the changelog."""
+"""faust-streaming against the project's Kafka broker (docs/dev-services.md: a 4.x broker
+must give faust what it needs): an agent, a table, exactly_once, and recovery from the changelog."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from meterstream.dev.processes import wait_for
 from meterstream.kafka_clients import client_kwargs
 from tests.conftest import Services
-from tests.helpers import ROOT, wait_for
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.services
 

@@ -12,7 +12,8 @@ from types import ModuleType
 
 import yaml
 
-from tests.helpers import ROOT, require
+from meterstream.dev.processes import require
+from tests.helpers import ROOT
 
 GRAFANA = ROOT / "deploy" / "grafana"
 

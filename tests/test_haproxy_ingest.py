@@ -13,9 +13,12 @@ from pathlib import Path
 import orjson
 import pytest
 
+from meterstream.dev.haproxy import EchoBackend, HAProxy
+from meterstream.dev.processes import Process, require
+from meterstream.dev.topics import consume
 from meterstream.schemas.apikeys import fingerprint_of_hash, key_hash
 from meterstream.settings import DEV_KEY_SECRET_B64, Settings
-from tests.helpers import ROOT, EchoBackend, HAProxy, Process, consume, require
+from tests.helpers import ROOT
 
 pytestmark = pytest.mark.services
 

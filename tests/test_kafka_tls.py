@@ -17,16 +17,16 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from meterstream import sample
 from meterstream import settings as settings_mod
-from meterstream.devservices.kafka_tls import make_ca, sign
-from meterstream.kafka import ensure_topics, read_to_end
+from meterstream.dev import sample
+from meterstream.dev.processes import Process, kafka_env, wait_for
+from meterstream.dev.services.kafka_tls import make_ca, sign
+from meterstream.kafka import delete_topics_with_prefix, ensure_topics, read_to_end
 from meterstream.kafka_access import KafkaAccessRefused, check
 from meterstream.schemas import topics
 from meterstream.schemas.apikeys import fingerprint_of_hash, fingerprint_to_hex, key_hash
 from meterstream.settings import KafkaSettings
 from tests.conftest import unique
-from tests.helpers import Process, kafka_env, wait_for
 
 pytestmark = pytest.mark.services
 
@@ -204,3 +204,4 @@ async def test_the_whole_pipeline_through_sasl_ssl_exactly(secure_kafka: KafkaSe
         for p in procs:
             if p.running():
                 p.kill9()
+        await delete_topics_with_prefix(settings)  # through SASL_SSL too; the worker's changelogs with them

@@ -14,10 +14,10 @@ import orjson
 import pytest
 
 from meterstream.crypto import Sealer
+from meterstream.dev.processes import meterstream_exe
 from meterstream.key_rotation import Rotation, rotate_store
 from meterstream.key_store import KeyStore
 from meterstream.schemas.apikeys import fingerprint_of_hash, fingerprint_to_hex, key_hash
-from tests.helpers import meterstream_exe
 
 pytestmark = pytest.mark.services
 

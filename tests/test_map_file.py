@@ -12,11 +12,11 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from meterstream import sample
 from meterstream.atomic_file import group_id, probe, write_atomically
+from meterstream.dev import sample
+from meterstream.dev.processes import Process, require, wait_for
 from meterstream.ingest.checkpoint import Checkpoint, CheckpointStore, StreamCheckpoint
 from meterstream.settings import Settings
-from tests.helpers import Process, require, wait_for
 
 
 def test_a_link_planted_at_the_temporary_name_is_not_followed(tmp_path: Path) -> None:

@@ -326,7 +326,7 @@ def test_window_totals_are_the_models_counters_and_saturate() -> None:
 
 
 def test_rate_counts_what_haproxy_served() -> None:
-    """SPEC §6: requests HAProxy refused (traffic 3-6: 429s of a throttled customer) do not
+    """Requests HAProxy refused (traffic 3-6: 429s of a throttled customer) do not
     count towards the rate, so a breach clears 60 s after the served rate drops."""
     m = Meter()
     configure(m.stage.view, InstanceState(customer_id=7, service_type=SEAL, tier=Tier.ENTERPRISE, guaranteed_rps=10))

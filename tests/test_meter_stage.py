@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from meterstream.dev.corpus import BASE_TS, build
 from meterstream.meter.aggregates import StateTable, dumps
 from meterstream.meter.config_view import ConfigView, slot
 from meterstream.meter.meter_stage import TABLE_KINDS, BatchResult, MeterPartition, Tables
@@ -21,7 +22,6 @@ from meterstream.schemas.enums import ServiceType, Tier
 from meterstream.schemas.records import LogRecord, SourcePosition
 from meterstream.schemas.resolved import Forwarded, ResolvedBatch
 from meterstream.schemas.usage import COUNTS
-from tests.corpus import BASE_TS, build
 from tests.examples import configure
 
 
@@ -129,7 +129,7 @@ def test_resolution_reasons(view: ConfigView, corpus) -> None:  # noqa: ANN001
     assert resolve(view.keys, corpus.fps["k1001g"], ServiceType.SEAL) == (0, UnauthReason.WRONG_SERVICE)
     assert resolve(view.keys, corpus.fps["revoked"], ServiceType.SEAL) == (0, UnauthReason.UNKNOWN_KEY)
     assert resolve(view.keys, None, ServiceType.SEAL) == (0, UnauthReason.NO_KEY)
-    # HAProxy's verdict stands: a key it refused is nobody's, whatever its fingerprint (SPEC §6)
+    # HAProxy's verdict stands: a key it refused is nobody's, whatever its fingerprint (docs/metering.md)
     for refused in range(10, 17):
         assert resolve(view.keys, corpus.fps["k1001s"], ServiceType.SEAL, refused) == (0, UnauthReason.REFUSED)
 

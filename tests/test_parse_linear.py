@@ -1,4 +1,4 @@
-"""The parser is linear in the line's length (issue 11, part 2): adversarial lines of many
+"""The parser is linear in the line's length (docs/ingest.md): adversarial lines of many
 shapes, each as long as the tailer lets a line be, parse or reject in under 5 ms; and
 hypothesis builds long near-miss lines (valid lines with one part mutated, repeated
 separators, long runs of field-like tokens) that must each come back as a record or a

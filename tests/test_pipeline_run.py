@@ -24,16 +24,17 @@ import asyncpg
 import jsonschema
 import pytest
 import yaml
-from aiokafka.admin import AIOKafkaAdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from meterstream import sample
 from meterstream import settings as settings_mod
-from meterstream.kafka import ensure_topics, read_to_end
+from meterstream.dev import sample
+from meterstream.dev.databases import create_database, drop_database
+from meterstream.dev.processes import Process, free_port, meterstream_exe, require, wait_for
+from meterstream.kafka import delete_topics_with_prefix, ensure_topics, read_to_end
 from meterstream.schemas.topics import TOPICS
 from meterstream.settings import Settings
-from tests.conftest import Services, _create_db, _drop_db, unique
-from tests.helpers import ROOT, Process, free_port, meterstream_exe, require, wait_for
+from tests.conftest import Services, unique
+from tests.helpers import ROOT
 
 pytestmark = [pytest.mark.services]
 
@@ -53,8 +54,8 @@ async def run(services: Services, pg_template: str, tmp_path_factory: pytest.Tem
     workdir = tmp_path_factory.mktemp("pipeline")
     settings = settings_mod.load(None, kafka={"bootstrap": services.kafka_bootstrap,
                                               "topic_prefix": unique("run") + "."})
-    created = await ensure_topics(settings, partitions=2)
-    database = await _create_db(services, pg_template)
+    await ensure_topics(settings, partitions=2)
+    database = await create_database(services.pg_admin_dsn, pg_template)
     dsn = services.dsn(database)
     conn = await asyncpg.connect(dsn)
     procs: list[Process] = []
@@ -106,13 +107,8 @@ async def run(services: Services, pg_template: str, tmp_path_factory: pytest.Tem
             if p.running():
                 p.kill9()
         await conn.close()
-        await _drop_db(services, database)
-        admin = AIOKafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
-        await admin.start()
-        try:
-            await admin.delete_topics(created)
-        finally:
-            await admin.close()
+        await drop_database(services.pg_admin_dsn, database)
+        await delete_topics_with_prefix(settings)  # the worker's changelogs too
 
 
 # -- Prometheus ---------------------------------------------------------------------------------

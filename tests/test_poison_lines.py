@@ -1,4 +1,4 @@
-"""Poison values (issue 11, part 4, ingest): whatever a line holds, ingest turns it into a
+"""Poison values (ingest): whatever a line holds, ingest turns it into a
 record it can produce or a dead letter naming the field, inside the parser's guard; nothing
 between the line and Kafka raises. (tests/test_tailer.py runs it through the real tailer.)"""
 

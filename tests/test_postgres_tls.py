@@ -16,17 +16,18 @@ from pathlib import Path
 
 import pytest
 
-from meterstream import pg, sample
+from meterstream import pg
 from meterstream import settings as settings_mod
-from meterstream.devservices.kafka_tls import make_ca, sign
-from meterstream.devservices.postgres import bindir
-from meterstream.devservices.system import run
+from meterstream.dev import sample
+from meterstream.dev.processes import Process, free_port
+from meterstream.dev.services.kafka_tls import make_ca, sign
+from meterstream.dev.services.postgres import bindir
+from meterstream.dev.services.system import run
 from meterstream.kafka import read_to_end
 from meterstream.schemas import topics
 from meterstream.schemas.migrate import migrate
 from meterstream.settings import Settings
 from tests.conftest import Services
-from tests.helpers import Process, free_port
 
 pytestmark = pytest.mark.services
 SERVER_NAME = "db.meterstream.internal"  # the certificate's names: this and localhost, not 127.0.0.1

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.helpers import ROOT, require
+from meterstream.dev.processes import require
+from tests.helpers import ROOT
 
 PROMETHEUS = ROOT / "deploy" / "prometheus"
 PROCESSES = ("tail", "syslog", "sync-config", "worker", "sink-postgres", "vault")

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 
-from tests.helpers import meterstream_exe
+from meterstream.dev.processes import meterstream_exe
 
 pytestmark = [pytest.mark.services]
 

@@ -1,4 +1,4 @@
-"""Per-frontend layouts of httplog request captures (issue 11, part 3): the setting
+"""Per-frontend layouts of httplog request captures (docs/ingest.md): the setting
 parse.request_captures, how a line's frontend picks its layout, the lines that do not fit,
 and `meterstream parse` / `meterstream syslog` honouring it."""
 
@@ -15,6 +15,8 @@ import orjson
 import pytest
 
 from meterstream import settings as settings_mod
+from meterstream.dev.processes import Process, free_port, wait_for
+from meterstream.dev.topics import consume
 from meterstream.ingest import parse_httplog
 from meterstream.ingest.capture_layout import CAPTURABLE, LINE_FIELDS, CaptureLayouts
 from meterstream.ingest.parser import Parser, Rejected
@@ -22,7 +24,6 @@ from meterstream.ingest.pipeline import Encoder
 from meterstream.schemas import LogRecord
 from meterstream.schemas.records import SourcePosition
 from meterstream.settings import DEFAULT_REQUEST_CAPTURES, Settings
-from tests.helpers import Process, consume, free_port, wait_for
 
 SRC = SourcePosition(stream="edge1:2049:77:ab12cd34", offset=4096)
 FP = int.from_bytes(bytes.fromhex("4DB6772D"), "big", signed=True)
@@ -229,8 +230,10 @@ def test_real_haproxy_httplog_lines_parse_by_the_documented_layouts(tmp_path: Pa
     import base64
     import tomllib
 
+    from meterstream.dev.haproxy import EchoBackend
+    from meterstream.dev.processes import require
     from meterstream.schemas.apikeys import fingerprint_of_hash, key_hash
-    from tests.helpers import ROOT, EchoBackend, require
+    from tests.helpers import ROOT
 
     require("haproxy")
     cfg = ROOT / "deploy" / "haproxy" / "httplog-captures.cfg"

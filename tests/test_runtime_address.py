@@ -8,8 +8,8 @@ import subprocess
 import pytest
 
 from meterstream import settings as settings_mod
+from meterstream.dev.processes import meterstream_exe
 from meterstream.sinks.runtime_address import RuntimeAddress, parse
-from tests.helpers import meterstream_exe
 
 
 @pytest.mark.parametrize(("text", "address", "loopback"), [

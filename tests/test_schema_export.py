@@ -9,9 +9,10 @@ from pathlib import Path
 
 import jsonschema
 
+from meterstream.dev.processes import meterstream_exe
 from meterstream.schemas.json_schemas import export
 from meterstream.schemas.topics import TOPICS
-from tests.helpers import ROOT, meterstream_exe
+from tests.helpers import ROOT
 
 
 def test_the_command_writes_one_schema_per_topic(tmp_path: Path) -> None:

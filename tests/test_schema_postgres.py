@@ -1,4 +1,4 @@
-"""The migrated schema holds every decision of SPEC §1 (real Postgres)."""
+"""The migrated schema holds every decision of docs/schema.md (real Postgres)."""
 
 from __future__ import annotations
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from meterstream.dev.processes import meterstream_exe
 from meterstream.settings import DEV_KEY_SECRET_B64, DEV_KEY_STORE_B64, DEV_VAULT_KEY_B64
-from tests.helpers import meterstream_exe
 
 OWN_KEY = base64.b64encode(b"o" * 32).decode()
 PASSWORD = "hunter2"

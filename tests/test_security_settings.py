@@ -107,7 +107,7 @@ def test_sslmode_defaults_to_verify_full_outside_development(monkeypatch: pytest
 def test_sslmodes_as_libpq(mode: str, rootcert: bool, hostname: bool, verify: ssl.VerifyMode, tmp_path: Path) -> None:
     ca = None
     if rootcert:
-        from meterstream.devservices.kafka_tls import make_ca
+        from meterstream.dev.services.kafka_tls import make_ca
 
         ca, _ = make_ca(tmp_path)
     context = pg.ssl_argument(PostgresSettings.model_validate({"sslmode": mode, "sslrootcert": str(ca) if ca else ""}))

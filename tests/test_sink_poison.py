@@ -15,6 +15,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from meterstream.dev.processes import Process
 from meterstream.kafka import read_to_end
 from meterstream.kafka_clients import client_kwargs
 from meterstream.schemas import LimitEvent, LimitKind, UsageWindow
@@ -23,7 +24,6 @@ from meterstream.schemas.topics import key_of
 from meterstream.schemas.types import INT64_MAX
 from meterstream.schemas.wire import encode
 from meterstream.settings import Settings
-from tests.helpers import Process
 from tests.test_sink_postgres import consumed, record, sink
 
 pytestmark = pytest.mark.services

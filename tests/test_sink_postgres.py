@@ -13,6 +13,7 @@ import asyncpg
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from meterstream.dev.processes import Process, wait_for
 from meterstream.kafka_clients import client_kwargs
 from meterstream.schemas import LimitEvent, LimitKind, UsageWindow
 from meterstream.schemas.enums import Network, ServiceType
@@ -20,7 +21,7 @@ from meterstream.schemas.topics import key_of
 from meterstream.schemas.wire import encode
 from meterstream.settings import Settings
 from tests.examples import LOG
-from tests.helpers import Process, own_services_or_skip, wait_for
+from tests.helpers import own_services_or_skip
 
 pytestmark = pytest.mark.services
 

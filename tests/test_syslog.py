@@ -8,8 +8,11 @@ from pathlib import Path
 import orjson
 import pytest
 
+from meterstream.dev.haproxy import EchoBackend, HAProxy
+from meterstream.dev.processes import Process, free_port, require, wait_for
+from meterstream.dev.topics import consume
 from meterstream.settings import Settings
-from tests.helpers import EchoBackend, HAProxy, Process, consume, free_port, json_line, require, wait_for
+from tests.helpers import json_line
 from tests.test_parser import HTTPLOG
 
 pytestmark = pytest.mark.services

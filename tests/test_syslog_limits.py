@@ -1,4 +1,4 @@
-"""The syslog receiver's limits (issue 11 part 5), each against the real `meterstream syslog`
+"""The syslog receiver's limits (docs/ingest.md), each against the real `meterstream syslog`
 process and the real broker: the queue bounded in bytes, the connection limit, the idle
 timeout, the bounded UDP senders, over-long lines, RFC 6587 framing per frame, the allow-list,
 and one stream per listener."""
@@ -16,9 +16,11 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from meterstream.dev.processes import Process, async_wait_for, wait_for
+from meterstream.dev.topics import consume
 from meterstream.kafka_clients import client_kwargs
 from meterstream.settings import Settings
-from tests.helpers import Process, async_wait_for, consume, json_line, wait_for
+from tests.helpers import json_line
 from tests.test_parser import HTTPLOG
 from tests.test_syslog import receiver
 

@@ -13,10 +13,12 @@ from pathlib import Path
 import orjson
 import pytest
 
+from meterstream.dev.processes import Process, wait_for
+from meterstream.dev.topics import consume
 from meterstream.ingest.checkpoint import CheckpointStore
 from meterstream.settings import Settings
 from tests.conftest import Services
-from tests.helpers import Process, consume, json_line, own_services_or_skip, wait_for
+from tests.helpers import json_line, own_services_or_skip
 
 pytestmark = pytest.mark.services
 
@@ -237,7 +239,7 @@ async def test_once_stops_when_caught_up(ms_topics: Settings, tmp_path: Path) ->
 
 
 async def test_poison_lines_are_dead_letters_and_the_tailer_goes_on(ms_topics: Settings, tmp_path: Path) -> None:
-    """Issue 11, part 4: values out of every range, between good lines, through the real tailer.
+    """Poison values: values out of every range, between good lines, through the real tailer.
     Before, a 24-digit %B parsed and then failed to encode outside the parser's guard: the
     tailer died, and died again at each start, its checkpoint never past the line."""
     from tests.test_parser import HTTPLOG

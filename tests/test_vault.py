@@ -17,15 +17,16 @@ import asyncpg
 import orjson
 import pytest
 
-from meterstream import sample
 from meterstream.crypto import DecryptError
+from meterstream.dev import sample
+from meterstream.dev.haproxy import EchoBackend, HAProxy
+from meterstream.dev.processes import Process, meterstream_exe, wait_for
 from meterstream.kafka import read_to_end
 from meterstream.schemas.enums import LimitKind, Tier, VaultStatus
 from meterstream.schemas.vault import ServiceEntry, VaultEntry
 from meterstream.settings import Settings
 from meterstream.sinks.vault_state import build, map_value, status_of
 from meterstream.sinks.vault_store import VaultStore, canonical, content_hash, write_atomically
-from tests.helpers import EchoBackend, HAProxy, Process, meterstream_exe, wait_for
 
 KEY = base64.b64encode(b"k" * 32).decode()
 ACME, GLOBEX, INITECH = 184467441, 907305217, 1299827003

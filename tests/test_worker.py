@@ -1,4 +1,4 @@
-"""`meterstream worker` on the real broker: the corpus of tests/corpus.py becomes exactly its
+"""`meterstream worker` on the real broker: the corpus of meterstream/dev/corpus.py becomes exactly its
 truth on meter.usage and meter.breaches, also when the worker is killed -9 again and again
 while the records stream, and when one of two workers dies (a rebalance)."""
 
@@ -14,12 +14,12 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from meterstream.dev.corpus import BASE_TS, Corpus, build
+from meterstream.dev.processes import Process
 from meterstream.kafka_clients import client_kwargs
 from meterstream.schemas import topics
 from meterstream.schemas.usage import COUNTS
 from meterstream.settings import Settings
-from tests.corpus import BASE_TS, Corpus, build
-from tests.helpers import Process
 
 pytestmark = pytest.mark.services
 

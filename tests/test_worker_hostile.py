@@ -17,6 +17,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from meterstream.dev.corpus import BASE_TS, build
+from meterstream.dev.processes import Process, async_wait_for
 from meterstream.kafka import read_records_to_end
 from meterstream.kafka_clients import client_kwargs
 from meterstream.schemas import topics
@@ -27,8 +29,6 @@ from meterstream.schemas.topics import key_of
 from meterstream.schemas.usage import COUNTS
 from meterstream.schemas.wire import encode
 from meterstream.settings import Settings
-from tests.corpus import BASE_TS, build
-from tests.helpers import Process, async_wait_for
 from tests.test_worker import Outputs, publish, worker
 
 pytestmark = pytest.mark.services

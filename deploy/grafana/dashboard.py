@@ -15,6 +15,7 @@ import json
 import sys
 from pathlib import Path
 
+from grafanalib._gen import DashboardEncoder
 from grafanalib.core import (
     BYTES_PER_SEC_FORMAT,
     OPS_FORMAT,
@@ -27,7 +28,6 @@ from grafanalib.core import (
     Time,
     TimeSeries,
 )
-from grafanalib._gen import DashboardEncoder
 
 OUTPUT = Path(__file__).with_name("meterstream.json")
 DATASOURCE = "${datasource}"

@@ -17,9 +17,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from meterstream.devservices.kafka import KafkaBroker
-from meterstream.devservices.postgres import PostgresCluster
-from meterstream.devservices.system import ensure_debian
+from meterstream.dev.services.kafka import KafkaBroker
+from meterstream.dev.services.postgres import PostgresCluster
+from meterstream.dev.services.system import ensure_debian
 
 # Debian packages of the tools the test suite and the benchmarks run: the real HAProxy (the
 # closed loop, HAProxy's own log lines), kcat (the ingest benchmark's reference), prometheus

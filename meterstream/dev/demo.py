@@ -10,7 +10,8 @@ from pathlib import Path
 
 import orjson
 
-from meterstream import pg, sample
+from meterstream import pg
+from meterstream.dev import sample
 from meterstream.kafka import ensure_topics, read_to_end
 from meterstream.schemas import topics
 from meterstream.schemas.apikeys import fingerprint_to_hex
@@ -138,7 +139,8 @@ async def _report_logs(conn, settings: Settings, say: Callable[[str], None]) -> 
     say(f"  {'requests':>8} {'billable':>8}  key owner")
     for r in rows:
         say(f"  {r['requests']:>8} {r['billable']:>8}  {r['owner']}")
-    dead = [orjson.loads(v) for _, v in await read_to_end(settings, settings.topic(topics.HAPROXY_LOGS_REJECTED))]
+    dead = [orjson.loads(v) for _, v in await read_to_end(settings, settings.topic(topics.HAPROXY_LOGS_REJECTED))
+            if v is not None]
     reasons = Counter(d["reason"] for d in dead)
     say(f"haproxy.logs.rejected: {len(dead)} dead letters"
         + (" (" + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items())) + ")" if dead else ""))
@@ -157,52 +159,31 @@ async def _meter(settings: Settings, say: Callable[[str], None], workdir: Path) 
     """`meterstream worker` (a faust worker, so its own process) until it has committed the
     end of haproxy.logs and of meter.resolved; then SIGTERM."""
     import asyncio
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
 
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.errors import CoordinatorLoadInProgressError, GroupCoordinatorNotAvailableError
+    from meterstream.dev.processes import Process
+    from meterstream.dev.topics import wait_caught_up
 
-    from meterstream.kafka import end_offsets
-    from meterstream.kafka_clients import client_kwargs
-
-    log_path = workdir / "worker.log"
     workdir.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "meterstream.cli", "--log-format", "json", "worker"],
-                                stdout=out, stderr=subprocess.STDOUT, env=os.environ.copy())
-    group = f"{settings.kafka.topic_prefix}{settings.worker.app_id}"
-    admin = AIOKafkaAdminClient(**client_kwargs(settings.kafka))
-    await admin.start()
-    started = time.monotonic()
+    worker = Process(["worker"], {}, workdir / "worker.log").start()
+
+    def running() -> None:
+        if not worker.running():
+            code = worker.proc.returncode if worker.proc is not None else None
+            raise RuntimeError(f"meterstream worker exited with {code}; see {worker.log}")
+
     try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"meterstream worker exited with {proc.returncode}; see {log_path}")
-            if time.monotonic() - started > 180:
-                raise TimeoutError(f"the worker did not catch up within 180 s; see {log_path}")
-            try:
-                committed = {(tp.topic, tp.partition): meta.offset
-                             for tp, meta in (await admin.list_consumer_group_offsets(group)).items()}
-            except (GroupCoordinatorNotAvailableError, CoordinatorLoadInProgressError):
-                committed = {}  # a new broker creates its offsets topic with the first group
-            ends = {}
-            for name in (topics.HAPROXY_LOGS, topics.METER_RESOLVED):
-                topic = settings.topic(name)
-                ends.update({(topic, p): end for p, end in (await end_offsets(settings, topic)).items()})
-            if all(committed.get(tp, 0) >= end for tp, end in ends.items()):
-                break
-            await asyncio.sleep(0.5)
+        took = await wait_caught_up(settings, f"{settings.kafka.topic_prefix}{settings.worker.app_id}",
+                                    [settings.topic(topics.HAPROXY_LOGS), settings.topic(topics.METER_RESOLVED)],
+                                    180, check=running, what=f"the worker (see {worker.log})")
     finally:
-        await admin.close()
-        proc.send_signal(signal.SIGTERM)
-        code = await asyncio.to_thread(proc.wait, 60)
+        code: int | None
+        if worker.running():
+            code = await asyncio.to_thread(worker.terminate, 60)
+        else:
+            code = worker.proc.returncode if worker.proc is not None else None
     usage = sum(1 for _ in await read_to_end(settings, settings.topic(topics.METER_USAGE)))
     breaches = sum(1 for _ in await read_to_end(settings, settings.topic(topics.METER_BREACHES)))
-    say(f"worker: meterstream worker metered haproxy.logs in {time.monotonic() - started:.1f} s (exit {code}); "
+    say(f"worker: meterstream worker metered haproxy.logs in {took:.1f} s (exit {code}); "
         f"meter.usage holds {usage} window updates, meter.breaches {breaches} limit events")
 
 

@@ -1,7 +1,7 @@
 """A single-node KRaft Apache Kafka broker, run from the Maven Central jars on loopback.
 
 Two client listeners: PLAINTEXT (development) and SASL_SSL with SCRAM-SHA-512, whose CA,
-certificates and SCRAM user the set-up makes (meterstream.devservices.kafka_tls). ``up`` on a
+certificates and SCRAM user the set-up makes (meterstream.dev.services.kafka_tls). ``up`` on a
 broker of ours whose configuration is outdated (written by an older set-up, or TLS files made
 anew) restarts it once with the new one; the data stays.
 """
@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meterstream import checkout_root
-from meterstream.devservices.system import (
+from meterstream.dev.services.kafka_tls import SCRAM_MECHANISM, SCRAM_USER, KafkaTls
+from meterstream.dev.services.system import (
     ServiceError,
     ensure_debian,
     port_open,
@@ -30,7 +31,6 @@ from meterstream.devservices.system import (
     run,
     terminate,
 )
-from meterstream.devservices.kafka_tls import SCRAM_MECHANISM, SCRAM_USER, KafkaTls
 from meterstream.settings import DEV_KAFKA_CONTROLLER_PORT, DEV_KAFKA_PORT, DEV_KAFKA_SASL_SSL_PORT, KafkaSettings
 
 # The broker's heap is bounded so the test suite fits a 2-core, 24 GiB machine.
@@ -100,7 +100,7 @@ class KafkaBroker:
     def secure_settings(self, *, mutual: bool = False) -> KafkaSettings:
         """Client settings of the SASL_SSL listener (SCRAM-SHA-512, the development CA; with
         the client certificate too when ``mutual``)."""
-        return KafkaSettings(**self.tls.client_settings(self.sasl_ssl_bootstrap, mutual=mutual))
+        return KafkaSettings.model_validate(self.tls.client_settings(self.sasl_ssl_bootstrap, mutual=mutual))
 
     @property
     def pidfile(self) -> Path:

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from meterstream.devservices.system import ServiceError, ensure_debian, run
+from meterstream.dev.services.system import ServiceError, ensure_debian, run
 from meterstream.settings import DEV_POSTGRES_PORT
 
 DATABASE = "meterstream"

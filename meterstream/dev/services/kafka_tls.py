@@ -17,7 +17,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from meterstream.devservices.system import ensure_debian, run
+from meterstream.dev.services.system import ensure_debian, run
 
 SCRAM_USER = "meterstream-dev"
 SCRAM_MECHANISM = "SCRAM-SHA-512"

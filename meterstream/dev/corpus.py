@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from meterstream.schemas import topics
 from meterstream.schemas.config import ApiKeyState, CustomerState, InstanceState
-from meterstream.schemas.enums import LimitKind, ServiceType, SpendWindow, Tier, TrafficType
+from meterstream.schemas.enums import LimitKind, Network, ServiceType, SpendWindow, Tier, TrafficType
 from meterstream.schemas.limits import event_id
 from meterstream.schemas.records import LogRecord, SourcePosition
 from meterstream.schemas.topics import key_of
@@ -84,7 +84,7 @@ class _Builder:
         n = len(self.c.records) + len(self.tail)
         owner = self.key_owner.get(fp) if fp is not None else None
         rec = LogRecord(ts=ts, request_id=f"r{n}", client_ip="203.0.113.9", api_key_fp=fp,
-                        service_type=service, network=network, server_id=(region << 4) | 1,
+                        service_type=service, network=Network(network), server_id=(region << 4) | 1,
                         traffic_type=traffic, status=status, bytes_sent=100 + n % 900, Ta=n % 50,
                         event_type=event_type, customer_id=owner[0] if owner and hint else None,
                         src=SourcePosition(stream=stream, offset=0))
@@ -92,9 +92,9 @@ class _Builder:
         if refused is not None:
             self.c.rejected[refused] = self.c.rejected.get(refused, 0) + 1
             return rec
-        # SPEC §6: HAProxy's verdict stands; a key of another service is nobody's there
+        # HAProxy's verdict stands (docs/metering.md); a key of another service is nobody's there
         authenticated = owner and owner[1] == service and not 10 <= event_type <= 16
-        customer = owner[0] if authenticated else 0
+        customer = owner[0] if owner is not None and authenticated else 0
         if counted_as is not None:
             assert customer == counted_as
         w = self.c.usage.setdefault((customer, int(service), network, ts - ts % 60_000), dict.fromkeys(COUNTS, 0))
@@ -128,7 +128,7 @@ class _Builder:
 
 
 def build(bulk: int = 2_000, seed: int = 7, now_ms: int | None = None, unnamed_file: bool = True) -> Corpus:
-    """The scenarios of issue 5, plus ``bulk`` records of ordinary traffic.
+    """The metering scenarios (docs/metering.md), plus ``bulk`` records of ordinary traffic.
 
     Event time runs from BASE_TS for about 3 minutes plus bulk/400 seconds. ``now_ms`` (the
     wall clock) places the one event from the future. HAProxy names each key's customer, as
@@ -184,7 +184,7 @@ def build(bulk: int = 2_000, seed: int = 7, now_ms: int | None = None, unnamed_f
             b.record("edge-rate:1:1:r1", (s0 + sec) * 1000 + j * 6, fp_rate, seal, counted_as=2001)
     b.event(2001, LimitKind.RATE_EXCEEDED, f"r1:{s0 + 2}", 150, 100, (s0 + 2) * 1000, seal)
     # throttled, its client keeps retrying at 1.5x its rate: HAProxy refuses those (429), and
-    # the rate counts what HAProxy served (SPEC §6), so the breach clears 60 s after
+    # the rate counts what HAProxy served (docs/metering.md), so the breach clears 60 s after
     for sec in range(5, 65):
         for j in range(150):
             b.record("edge-rate:1:1:r1", (s0 + sec) * 1000 + j * 6, fp_rate, seal, status=429,

@@ -1,6 +1,6 @@
 """Loads the sample customers of deploy/sample/customers.json into Postgres, idempotently.
 
-Keys are stored as SPEC §1 decision 5 says: the full key sealed in api_key_id (AES-256-GCM
+Keys are stored as docs/schema.md and docs/security.md say: the full key sealed in api_key_id (AES-256-GCM
 under the key-store key, bound to the row's hash: meterstream/key_store.py), its HMAC in
 api_key_hash and the fingerprint in api_key_fp. Loading twice changes nothing.
 """
