@@ -15,7 +15,7 @@ import orjson
 import pytest
 
 from meterstream import settings as settings_mod
-from meterstream.dev.processes import Process, free_port, wait_for
+from meterstream.dev.processes import Process, free_port, port_open, wait_for
 from meterstream.dev.topics import consume
 from meterstream.ingest import parse_httplog
 from meterstream.ingest.capture_layout import CAPTURABLE, LINE_FIELDS, CaptureLayouts
@@ -253,7 +253,7 @@ def test_real_haproxy_httplog_lines_parse_by_the_documented_layouts(tmp_path: Pa
             "MS_BACKEND": f"127.0.0.1:{backend.port}"})
     try:
         def get(port: int, head: str) -> None:
-            wait_for(lambda: _connects(port), 10, "haproxy listening")
+            wait_for(lambda: port_open(port), 10, "haproxy listening")
             with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
                 conn.sendall(f"GET /v1/fetch_key/abc HTTP/1.0\r\n{head}\r\n".encode())
                 while conn.recv(65536):
@@ -278,10 +278,3 @@ def test_real_haproxy_httplog_lines_parse_by_the_documented_layouts(tmp_path: Pa
         "invalid_field", "api_key_fp: cannot read 'api.example.com' "
                          "(captured request header 1 of 9, parse.request_captures['*'])")
 
-
-def _connects(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
