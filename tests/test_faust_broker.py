@@ -14,7 +14,9 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from meterstream import settings as settings_mod
 from meterstream.dev.processes import wait_for
+from meterstream.kafka import delete_topics_with_prefix
 from meterstream.kafka_clients import client_kwargs
 from tests.conftest import Services
 from tests.helpers import ROOT
@@ -48,7 +50,8 @@ async def test_agent_table_exactly_once_and_recovery(
     finally:
         await producer.stop()
     out = tmp_path / "counts.json"
-    env = {"PROBE_APP": f"probe-{uuid.uuid4().hex[:8]}", "PROBE_BOOTSTRAP": services.kafka_bootstrap,
+    app = f"probe-{uuid.uuid4().hex[:8]}"
+    env = {"PROBE_APP": app, "PROBE_BOOTSTRAP": services.kafka_bootstrap,
            "PROBE_TOPIC": topic, "PROBE_OUT": str(out), "PROBE_DATADIR": str(tmp_path / "data")}
     proc = worker(env, tmp_path / "worker.log")
     try:
@@ -66,3 +69,6 @@ async def test_agent_table_exactly_once_and_recovery(
     finally:
         proc.terminate()
         proc.wait(60)
+        # the app's own topics (its changelog, its assignor's): named after the app
+        await delete_topics_with_prefix(settings_mod.load(None, kafka={**services.kafka.model_dump(),
+                                                                        "topic_prefix": f"{app}-"}))
