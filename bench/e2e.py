@@ -90,7 +90,8 @@ def slope(points: list[tuple[float, int]]) -> float:
 
 
 async def sustained(dev, rates: list[int], step_s: float) -> None:  # noqa: ANN001
-    dsn = await fresh_db(dev.postgres.dsn.rsplit("/", 1)[0] + "/postgres")
+    admin_dsn = dev.postgres.dsn.rsplit("/", 1)[0] + "/postgres"
+    dsn = await fresh_db(admin_dsn)
     name = dsn.rsplit("/", 1)[1]
     settings = settings_mod.load(None, kafka={"bootstrap": dev.kafka.bootstrap,
                                               "topic_prefix": f"bench.e{uuid.uuid4().hex[:6]}."},
@@ -148,6 +149,7 @@ async def sustained(dev, rates: list[int], step_s: float) -> None:  # noqa: ANN0
             if p.running():
                 p.terminate()
         await delete_topics_with_prefix(settings)
+        await drop_database(admin_dsn, name)
 
 
 async def breach_to_403(services: Services, times: int) -> None:
