@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import Any, Literal, TypeAlias, cast
 
 import asyncpg
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential, wait_random
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_delay, wait_exponential_jitter
 
 from meterstream import devmode, logs
 from meterstream.pg_dsn import FORM, DsnError, check
@@ -83,7 +83,7 @@ async def connect(settings: Settings, *, dsn: str | None = None, give_up_after_s
     mode = sslmode(settings.postgres)
     async for attempt in AsyncRetrying(
         retry=retry_if_exception_type(TRANSIENT),
-        wait=wait_exponential(multiplier=0.2, max=5.0) + wait_random(0, 1.0),
+        wait=wait_exponential_jitter(multiplier=0.2, max=5.0),
         stop=stop_after_delay(give_up_after_s),
         reraise=True,
         before_sleep=lambda state: log.warning(
