@@ -31,7 +31,7 @@ from bench.common import WORK, fresh_db, services
 from meterstream import settings as settings_mod
 from meterstream.dev import sample
 from meterstream.dev.closed_loop import ClosedLoop
-from meterstream.dev.databases import drop_database, migrated_database
+from meterstream.dev.databases import drop_database, dsn_of, migrated_database
 from meterstream.dev.endpoints import Services
 from meterstream.dev.processes import Process
 from meterstream.dev.topics import group_lag
@@ -90,7 +90,7 @@ def slope(points: list[tuple[float, int]]) -> float:
 
 
 async def sustained(dev, rates: list[int], step_s: float) -> None:  # noqa: ANN001
-    admin_dsn = dev.postgres.dsn.rsplit("/", 1)[0] + "/postgres"
+    admin_dsn = dsn_of(dev.postgres.dsn, "postgres")
     dsn = await fresh_db(admin_dsn)
     name = dsn.rsplit("/", 1)[1]
     settings = settings_mod.load(None, kafka={"bootstrap": dev.kafka.bootstrap,

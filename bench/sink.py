@@ -27,6 +27,7 @@ from aiokafka import AIOKafkaProducer
 
 from bench.common import WORK, cpu_seconds, fresh_db, peak_rss_mib, pin_broker, rss_mib, services, unpin_broker
 from meterstream import settings as settings_mod
+from meterstream.dev.databases import drop_database, dsn_of
 from meterstream.kafka import ensure_topics
 from meterstream.kafka_clients import client_kwargs
 from meterstream.schemas.enums import FeType, Network, ServiceType, TrafficType
@@ -122,10 +123,8 @@ async def measure(rows: int, dev, admin_dsn: str) -> dict[str, float]:  # noqa: 
     copy_seconds = time.perf_counter() - copy_started
     csv.unlink()
 
-    admin = await asyncpg.connect(admin_dsn)
     for dsn in (sink_dsn, copy_dsn):
-        await admin.execute(f'DROP DATABASE "{dsn.rsplit("/", 1)[1]}" WITH (FORCE)')
-    await admin.close()
+        await drop_database(admin_dsn, dsn.rsplit("/", 1)[1])
     sink_seconds = ended - started
     steady = (rows - first[1]) / (ended - first[0]) if first and first[1] < rows else float("nan")
     return {"rows": rows, "copy": rows / copy_seconds, "sink": rows / sink_seconds,
@@ -134,7 +133,7 @@ async def measure(rows: int, dev, admin_dsn: str) -> dict[str, float]:  # noqa: 
 
 
 async def main_async(sizes: list[int], dev) -> None:  # noqa: ANN001
-    admin_dsn = dev.postgres.dsn.rsplit("/", 1)[0] + "/postgres"
+    admin_dsn = dsn_of(dev.postgres.dsn, "postgres")
     results = [await measure(rows, dev, admin_dsn) for rows in sizes]
     copy = "psql \\copy"
     print(f"{'rows':>10} {copy:>12} {'sink':>10} {'ratio':>6} {'sink after':>11} {'sink CPU':>9} "

@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 
 from meterstream import settings as settings_mod
+from meterstream.dev.databases import create_database, drop_database
 from meterstream.kafka import delete_topics_with_prefix
 from tests.conftest import Services
 
@@ -102,9 +103,7 @@ def test_parse_prints_one_object_per_line_in_order(tmp_path: Path) -> None:
 async def test_demo_runs_the_pipeline_and_is_idempotent(tmp_path: Path, services: Services) -> None:
     import uuid
 
-    admin = await asyncpg.connect(services.pg_admin_dsn)
-    name = f"ms_demo_{uuid.uuid4().hex[:8]}"
-    await admin.execute(f'CREATE DATABASE "{name}"')
+    name = await create_database(services.pg_admin_dsn, prefix="ms_demo")
     prefix = f"demo{uuid.uuid4().hex[:6]}."
     try:
         env = {"MS_POSTGRES__DSN": services.dsn(name), "MS_KAFKA__BOOTSTRAP": services.kafka_bootstrap,
@@ -134,7 +133,6 @@ async def test_demo_runs_the_pipeline_and_is_idempotent(tmp_path: Path, services
         finally:
             await conn.close()
     finally:
-        await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        await admin.close()
+        await drop_database(services.pg_admin_dsn, name)
         await delete_topics_with_prefix(settings_mod.load(None, kafka={**services.kafka.model_dump(),
                                                                         "topic_prefix": prefix}))
