@@ -37,16 +37,17 @@ from meterstream.dev.processes import Process
 from meterstream.dev.topics import group_lag
 from meterstream.kafka import delete_topics_with_prefix, end_offsets, ensure_topics
 from meterstream.meter.config_sync import ConfigSync
-from meterstream.schemas.apikeys import fingerprint_of_hash, fingerprint_to_hex, key_hash
+from meterstream.schemas.apikeys import fingerprint_of_hash, key_hash
 
-LINE = ('{{"ts":{s}.{ms:03d},"request_id":"{rid}","client_ip":"192.0.2.7","api_key_fp":"{fp}",'
-        '"service_type":"1","network":"1","server_id":"17","fe_type":"2","traffic_type":"1",'
-        '"event_type":"0","key_metadata":"S","status":200,"bytes_sent":"1234","path":"v1\\/fetch_k",'
-        '"TR":0,"Tw":0,"Tc":1,"Tr":3,"Ta":5,"backend_id":"3","termination_state":"----",'
-        '"config_hex":"00000000","customer_id":"{cid}"}}\n')
+# the record's line, as deploy/haproxy/haproxy.cfg's log-format writes it
+LINE = ('{{"ts":{ms},"request_id":"{rid}","client_ip":"192.0.2.7","api_key_fp":{fp},'
+        '"service_type":1,"network":1,"server_id":17,"fe_type":2,"traffic_type":1,'
+        '"event_type":0,"key_metadata":"S","status":200,"bytes_sent":1234,"path":"v1\\/fetch_k",'
+        '"TR":0,"Tw":0,"Tc":1,"Tr":3,"Ta":5,"backend_id":3,"termination_state":"----",'
+        '"config_hex":"00000000","customer_id":{cid}}}\n')
 
 
-def writer(path: Path, rate: int, seconds: float, fps: list[tuple[str, int]], tag: str) -> int:
+def writer(path: Path, rate: int, seconds: float, fps: list[tuple[int, int]], tag: str) -> int:
     """Appends ``rate`` lines a second for ``seconds``, in 20 slices a second."""
     n = 0
     started = time.monotonic()
@@ -54,9 +55,8 @@ def writer(path: Path, rate: int, seconds: float, fps: list[tuple[str, int]], ta
         while (elapsed := time.monotonic() - started) < seconds:
             due = int(rate * elapsed) - n
             if due > 0:
-                now = time.time()
-                s, ms = int(now), int(now * 1000) % 1000
-                out.write("".join(LINE.format(s=s, ms=ms, rid=f"{tag}-{n + i}", fp=fps[(n + i) % len(fps)][0],
+                ms = int(time.time() * 1000)
+                out.write("".join(LINE.format(ms=ms, rid=f"{tag}-{n + i}", fp=fps[(n + i) % len(fps)][0],
                                               cid=fps[(n + i) % len(fps)][1]) for i in range(due)))
                 out.flush()
                 n += due
@@ -104,7 +104,7 @@ async def sustained(dev, rates: list[int], step_s: float) -> None:  # noqa: ANN0
     assert settings.keys.key_secret_b64 is not None  # development mode: the built-in key
     secret = base64.b64decode(settings.keys.key_secret_b64.get_secret_value())
     keys = [("SacmeSealDemoKey00000000000000001", 184467441), ("SinitechSealDemoKey00000000000001", 1299827003)]
-    fps = [(fingerprint_to_hex(fingerprint_of_hash(key_hash(secret, k))), c) for k, c in keys]
+    fps = [(fingerprint_of_hash(key_hash(secret, k)), c) for k, c in keys]
     work = WORK / "e2e"
     work.mkdir(parents=True, exist_ok=True)
     log = work / f"haproxy-{name}.log"

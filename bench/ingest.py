@@ -1,8 +1,9 @@
-"""Ingest benchmark (issues 4, 12): the tailer beside kcat, same file, same broker, same run.
+"""Ingest benchmark: the tailer beside kcat, same file, same broker, same run.
 
-    python -m bench ingest [--lines N] [--repeat R] [--scale] [--profile]
+    python -m bench ingest [--lines N] [--repeat R] [--scale] [--profile] [--format record|classic]
 
-Generates N realistic JSON lines (deploy/haproxy/haproxy.cfg's format), then pushes the file
+Generates N realistic JSON lines (deploy/haproxy/haproxy.cfg's format; --format classic: the
+earlier line, with quoted numbers, which takes the slower path), then pushes the file
 to a fresh topic with `kcat -P -l` (pinned to CPU 0) and with `meterstream tail` (pinned to
 CPU 0) to another fresh topic; the broker is kept on CPU 1 meanwhile. Prints lines/s of both,
 their ratio, the CPU time each used (lines per CPU-second: less sensitive to other load on a
@@ -44,26 +45,47 @@ from meterstream.ingest.checkpoint import CheckpointStore
 PATHS = ["v1/fetch_key", "v1/objects", "graphql", "rpc/GetObj", "v1/health", "v1/checkpoint"]
 
 
-def generate(path: Path, lines: int) -> None:
+def generate(path: Path, lines: int, form: str = "record") -> None:
+    """``lines`` lines of requests as HAProxy logs them: ``record``, the line
+    deploy/haproxy/haproxy.cfg writes (LogRecord's JSON); ``classic``, the earlier line (quoted
+    numbers, ``ts`` in seconds, the hex fingerprint), which ingest still reads."""
     if path.exists() and path.stat().st_size > 0 and path.read_bytes().count(b"\n") == lines:
         return
     rng = random.Random(7)
-    fps = [f"{rng.getrandbits(32):08x}" for _ in range(2000)]
+    fps = [rng.getrandbits(32) for _ in range(2000)]
     start = 1_795_600_000_000
     with open(path, "w") as out:
         for i in range(lines):
             ts = start + i * 3
             status = rng.choices([200, 200, 200, 204, 304, 401, 403, 429, 500, 503], k=1)[0]
             tr = rng.randint(0, 40)
+            request_id = f"0A000001:{i % 65536:04X}_0A000002:1F90_{ts // 1000:08X}_{i:06X}:{1234:04X}"
+            fp = fps[i % len(fps)]
+            traffic, event = (1, 0) if status < 400 else (3, 11)
+            sent, path_ = rng.randint(120, 9000), rng.choice(PATHS)[:10]
+            tc, ta = rng.randint(0, 2), tr + rng.randint(0, 3)
+            if form == "classic":
+                out.write(
+                    f'{{"ts":{ts // 1000}.{ts % 1000:03d},"request_id":"{request_id}",'
+                    f'"client_ip":"10.{i % 200}.{i % 7}.{i % 250}",'
+                    f'"api_key_fp":"{fp:08x}","service_type":"{1 + i % 3}","network":"{i % 4}",'
+                    f'"server_id":"{16 + i % 5}","fe_type":"2","traffic_type":"{traffic}",'
+                    f'"event_type":"{event}","key_metadata":"S","status":{status},'
+                    f'"bytes_sent":"{sent}","path":"{path_}",'
+                    f'"TR":0,"Tw":0,"Tc":{tc},"Tr":{tr},"Ta":{ta},'
+                    f'"backend_id":"3","termination_state":"----","config_hex":"00000000"}}\n'
+                )
+                continue
+            # as HAProxy's log-format writes it: the fingerprint as its int32, the customer the
+            # vault map names (none for an unknown key), "/" escaped by json(utf8s)
+            customer = "null" if status == 401 else str(1000 + i % len(fps))
             out.write(
-                f'{{"ts":{ts // 1000}.{ts % 1000:03d},"request_id":"0A000001:{i % 65536:04X}_0A000002:1F90_'
-                f'{ts // 1000:08X}_{i:06X}:{1234:04X}","client_ip":"10.{i % 200}.{i % 7}.{i % 250}",'
-                f'"api_key_fp":"{fps[i % len(fps)]}","service_type":"{1 + i % 3}","network":"{i % 4}",'
-                f'"server_id":"{16 + i % 5}","fe_type":"2","traffic_type":"{1 if status < 400 else 3}",'
-                f'"event_type":"{0 if status < 400 else 11}","key_metadata":"S","status":{status},'
-                f'"bytes_sent":"{rng.randint(120, 9000)}","path":"{rng.choice(PATHS)[:10]}",'
-                f'"TR":0,"Tw":0,"Tc":{rng.randint(0, 2)},"Tr":{tr},"Ta":{tr + rng.randint(0, 3)},'
-                f'"backend_id":"3","termination_state":"----","config_hex":"00000000"}}\n'
+                f'{{"ts":{ts},"request_id":"{request_id}","client_ip":"10.{i % 200}.{i % 7}.{i % 250}",'
+                f'"api_key_fp":{fp - (1 << 32) if fp >= 1 << 31 else fp},"service_type":{1 + i % 3},'
+                f'"network":{i % 4},"server_id":{16 + i % 5},"fe_type":2,"traffic_type":{traffic},'
+                f'"event_type":{event},"key_metadata":"S","status":{status},"bytes_sent":{sent},'
+                f'"path":"{path_.replace("/", chr(92) + "/")}","TR":0,"Tw":0,"Tc":{tc},"Tr":{tr},"Ta":{ta},'
+                f'"backend_id":3,"termination_state":"----","config_hex":"00000000","customer_id":{customer}}}\n'
             )
 
 
@@ -164,6 +186,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1, help="runs of each measurement; medians printed")
     parser.add_argument("--scale", action="store_true", help="at 100k, 1M and 5M lines")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--format", choices=["record", "classic"], default="record",
+                        help="the lines: record (what deploy/haproxy/haproxy.cfg writes) or classic (the "
+                             "earlier line: quoted numbers, ts in seconds, the hex fingerprint)")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     dev = services()
@@ -171,8 +196,8 @@ def main() -> None:
     sizes = [100_000, 1_000_000, 5_000_000] if args.scale else [args.lines]
     results: list[tuple[int, Run, Run]] = []
     for lines in sizes:
-        path = WORK / f"haproxy-{lines}.log"
-        generate(path, lines)
+        path = WORK / f"haproxy-{args.format}-{lines}.log"
+        generate(path, lines, args.format)
         print(f"# {lines:,} lines, {path.stat().st_size / 2**20:.0f} MiB: {path}")
         runs: list[tuple[Run, Run]] = []
         pin_broker(dev, 1)

@@ -32,6 +32,11 @@ _FINGERPRINTS_MAX = 65_536
 
 
 def fingerprint(value: object, where: str = "") -> int | None:
+    """The fingerprint of a logged value: 8 hex characters (HAProxy's httplog captures, the
+    earlier JSON line), or a JSON number, which is the int32 itself (the record's line, as
+    LogRecord holds it; the model bounds it). "-", "" and null: absent."""
+    if type(value) is int:
+        return value
     if type(value) is str:
         known = _FINGERPRINTS.get(value)
         if known is not None:

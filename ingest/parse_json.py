@@ -1,10 +1,14 @@
 """The project's JSON log line (deploy/haproxy/haproxy.cfg's log-format, docs/ingest.md).
 
-Values go to the LogRecord model as HAProxy printed them: pydantic's lax mode turns "200",
-"+500" and "-1" into integers (in Rust, fast), so the model stays the one definition of every
-field's rules. Here only what the model cannot know: an absent sample ("-" or "") means the
-field's default, `ts` becomes integer milliseconds, the fingerprint's hex becomes its int32,
-and the path is cut to its prefix.
+Two forms of the line are read, field by field: the record's line the config writes now
+(LogRecord's own values: `ts` in milliseconds, the fingerprint as its int32, bare numbers, null
+for an absent sample) and the earlier line (quoted numbers, `ts` in seconds with a fraction,
+the fingerprint's hex). Values go to the LogRecord model as HAProxy printed them: pydantic's
+lax mode turns "200", "+500" and "-1" into integers (in Rust, fast), so the model stays the
+one definition of every field's rules. Here only what the model cannot know: an absent sample
+("-" or "", or a bare - in the line of a request HAProxy could not parse) means the field's
+default, `ts` in seconds becomes integer milliseconds, the fingerprint's hex becomes its int32
+(a number is the int32 already), and the path is cut to its prefix.
 
 This is the reference path; most lines take the fast path (ingest/parse_json_fast.py), which
 validates the bytes directly and must agree with this one. Both read JSON with pydantic-core's
@@ -14,6 +18,7 @@ Infinity and 1e400, reads integers beyond 64 bits as floats, and nests deeper).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from pydantic_core import from_json
@@ -29,12 +34,21 @@ class NotJson(ValueError):
     pass
 
 
+# HAProxy's line for a request it could not parse (``<BADREQ>``): its rules never ran and no
+# sample is evaluated, so the record's line holds its unquoted values as a bare "-", which is
+# not JSON. Such a value is read as the quoted "-" of an absent sample. A fixed-width pattern:
+# one pass, no backtracking; only tried on a line that is not JSON as it is.
+_BARE_ABSENT = re.compile(r"(?<=:)-(?=[,}])")
+
+
 def fields(message: str) -> dict[str, Any]:
     """LogRecord fields (without src; request_id None when HAProxy had none)."""
     try:
         obj = from_json(message)
     except ValueError as exc:
-        raise NotJson(str(exc)) from None
+        obj = _bare_absent_read(message)
+        if obj is _NOT_JSON:
+            raise NotJson(str(exc)) from None
     if not isinstance(obj, dict):
         raise NotJson("the line is JSON but not an object")
     if "ts" not in obj:
@@ -46,6 +60,22 @@ def fields(message: str) -> dict[str, Any]:
     record["request_id"] = None if request_id is None or request_id in ABSENT else request_id
     record["path"] = path_prefix(obj.get("path"))
     return record
+
+
+_NOT_JSON = object()
+
+
+def _bare_absent_read(message: str) -> Any:
+    """The line read with each bare "-" value as "-" (HAProxy's <BADREQ> line), or _NOT_JSON."""
+    if ":-" not in message:
+        return _NOT_JSON
+    repaired, count = _BARE_ABSENT.subn('"-"', message)
+    if not count:
+        return _NOT_JSON
+    try:
+        return from_json(repaired)
+    except ValueError:
+        return _NOT_JSON
 
 
 def path_prefix(path: object) -> str:

@@ -1,8 +1,17 @@
-"""The JSON line's fast path: pydantic-core validates the line's bytes straight into LogRecord's
-own field schemas, in one call, without orjson's dict, a Python transform and a second
-validation from Python objects (ingest/parse_json.py + the model: the reference path).
+"""The JSON line's fast path, in two tiers, both deciding nothing the reference path
+(ingest/parse_json.py + the model) would decide otherwise:
 
-The schema is derived from ``LogRecord.__pydantic_core_schema__`` when this module loads: every
+1. **The record's line** (deploy/haproxy/haproxy.cfg's log-format writes LogRecord's own JSON
+   but ``v`` and ``src``: ``ts`` in milliseconds, the fingerprint as its int32, bare numbers,
+   null for an absent sample): the model's fast decoder (schemas/fast_decode.py, msgspec,
+   generated from the model) validates it as it is, and msgspec writes the values back with
+   ``v`` and the position. No conversion, no Python object per field.
+2. **The earlier line** (quoted numbers, ``ts`` in seconds, the hex fingerprint, "-" for an
+   absent sample), and whatever tier 1 does not take: pydantic-core validates the line's bytes
+   straight into LogRecord's own field schemas, in one call, with the reference path's three
+   conversions in front of their fields.
+
+Tier 2's schema is derived from ``LogRecord.__pydantic_core_schema__`` when this module loads: every
 field keeps the model's own validator (types, bounds, patterns, enums, the model's functions);
 only what HAProxy's line needs before the model sees it is put in front of three fields, with
 the same functions the reference path calls (``ts`` in seconds, the fingerprint's hex, the
@@ -18,27 +27,34 @@ that raises) gives None, and the caller runs the reference path, which decides, 
 reason. tests/test_parse_fast.py holds the two equal, record by record and byte for byte, on a
 hypothesis-generated corpus of valid and invalid lines.
 
-What it writes is what ``encode(record)`` writes: the validated values, in field order, by
-orjson, with the source position last. The position is ingest's own (a file's identity and
-offset, a listener's stream and count), not input: its stream is validated by the model once
-per stream, and its JSON is kept and completed with each line's offset. The Kafka key is
-``key_of`` of a LogRecord holding the validated values.
+Tier 1 reads no conversion, so the reference path reads the record's line as it is too (an
+integer ``ts`` of milliseconds, a JSON number as the fingerprint's int32); its ``v`` and ``src``
+are ingest's, never the line's (a line that holds them has them ignored, on both paths), and
+unknown keys are ignored as on the reference path.
+
+What it writes is what ``encode(record)`` writes: the validated values, in field order (by
+msgspec in tier 1, orjson in tier 2: the same JSON), with the source position last. The
+position is ingest's own (a file's identity and offset, a listener's stream and count), not
+input: its stream is validated by the model once per stream, and its JSON is kept and
+completed with each line's offset. The Kafka key is ``log_key`` of the validated values.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from operator import itemgetter
+from operator import attrgetter, itemgetter
 from typing import Any, cast
 
+import msgspec
 import orjson
 from pydantic_core import SchemaValidator
 from pydantic_core import core_schema as cs
 
 from meterstream.ingest.parse_fields import epoch_ms, fingerprint
 from meterstream.ingest.parse_json import path_prefix
+from meterstream.schemas import fast_decode
 from meterstream.schemas.records import LogRecord, SourcePosition
-from meterstream.schemas.topics import key_of
+from meterstream.schemas.topics import key_of, log_key
 
 # HAProxy's values that the model cannot read as logged: the reference path's conversions
 CONVERSIONS: dict[str, Callable[[Any], Any]] = {"ts": epoch_ms, "api_key_fp": fingerprint, "path": path_prefix}
@@ -109,8 +125,11 @@ class FastJson:
     """Validates JSON lines into their haproxy.logs key and value, or defers (None) to the
     reference path."""
 
-    def __init__(self) -> None:
+    def __init__(self, classic: bool = True) -> None:
+        """``classic``: also validate the earlier line with pydantic-core (else only the
+        record's line is taken: for tests that a line takes that tier)."""
         fields, config = field_schemas()
+        self._classic = classic
         del fields["src"]  # ingest's own, written after the validated values (src_json)
         # unknown keys are ignored (a newer HAProxy config may log more), as on the reference path;
         # only keys are cached: values (ids, addresses) rarely repeat and would churn the cache
@@ -128,6 +147,19 @@ class FastJson:
         self._dash_or_empty = itemgetter(*[n for n in texts if n not in empty_is_default], "v")
         self._dash = itemgetter(*empty_is_default, "v")
         self._src_json: dict[str, bytes | None] = {}
+        # the record's line (HAProxy's log-format writing LogRecord's JSON but `v` and `src`):
+        # the model's fast decoder (schemas/fast_decode.py) takes it as it is, unknown keys (and a
+        # forged `v` or `src`) ignored as on the reference path; the same absent-sample check,
+        # on the decoded values
+        self._record_line: Callable[[bytes], Any] | None
+        try:
+            _, self._record_line = fast_decode.values_decoder(LogRecord, omit=frozenset({"v", "src"}),
+                                                              ignore_unknown=True)
+        except fast_decode.FastPathUnavailable:
+            self._record_line = None
+        self._line_dash_or_empty = attrgetter(*[n for n in texts if n not in empty_is_default], "ts")
+        self._line_dash = attrgetter(*empty_is_default, "ts")
+        self._v_json = b'{"v":%d,' % LogRecord.model_fields["v"].default
         # key_of takes a LogRecord: one that holds each line's validated values in turn (never
         # handed out; key_of reads fields, and src, which it has no use for, is not among them)
         self._keyed = LogRecord.model_construct()
@@ -164,19 +196,34 @@ class FastJson:
             return [None] * len(lines)
         validate, keyed = self._validator.validate_json, self._keyed
         dash_or_empty, dash = self._dash_or_empty, self._dash
+        record_line, encode = self._record_line, msgspec.json.encode
+        line_dash_or_empty, line_dash, v_json = self._line_dash_or_empty, self._line_dash, self._v_json
+        classic = self._classic
         out: list[tuple[bytes, bytes, int] | None] = []
         append = out.append
         for raw in lines:
             done = None
             if raw[:1] == b"{":
-                try:
-                    values = validate(raw)
-                    texts = dash_or_empty(values)
-                    if not ("-" in texts or "" in texts or "-" in dash(values)):
-                        _set(keyed, "__dict__", values)
-                        done = key_of(keyed), orjson.dumps(values)[:-1] + src + b"%d}}" % offset, values["ts"]
-                except Exception:  # noqa: BLE001 - invalid, or a conversion's own error: the reference decides
-                    pass
+                # the record's line first (no conversion, no second write), unless the line starts
+                # as the earlier line does (`{"ts":1795600000.000,`), which msgspec would take 1.8
+                # µs to refuse: which tier takes a line changes its time, nothing else
+                if record_line is not None and raw.find(b".", 0, 20) < 0:
+                    try:
+                        line = record_line(raw)
+                        texts = line_dash_or_empty(line)
+                        if not ("-" in texts or "" in texts or "-" in line_dash(line)):
+                            done = log_key(line), v_json + encode(line)[1:-1] + src + b"%d}}" % offset, line.ts
+                    except Exception:  # noqa: BLE001 - not the record's line, or not valid: the next tier
+                        pass
+                if done is None and classic:
+                    try:
+                        values = validate(raw)
+                        texts = dash_or_empty(values)
+                        if not ("-" in texts or "" in texts or "-" in dash(values)):
+                            _set(keyed, "__dict__", values)
+                            done = key_of(keyed), orjson.dumps(values)[:-1] + src + b"%d}}" % offset, values["ts"]
+                    except Exception:  # noqa: BLE001 - invalid, or a conversion's own error: the reference decides
+                        pass
             append(done)
             offset += len(raw) + 1
         return out

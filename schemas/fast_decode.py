@@ -128,6 +128,10 @@ def _decode_then(builder: _Builder) -> Callable[[Any], Any]:
     if not builder.nul_free:
         return decode if convert is _AS_DECODED else lambda payload: convert(decode(payload))
 
+    # a compiled search: 0.2 µs on a 400-byte line where bytes' `in` takes 0.5 (HAProxy's lines
+    # hold escapes: its JSON writes "/" as "\/")
+    nul_escape = re.compile(re.escape(_NUL_ESCAPE)).search
+
     def checked(payload: bytes | bytearray | memoryview | str) -> Any:
         # the text fields' "no NUL" pattern, checked once on the payload (0.05 µs where msgspec's
         # pattern check costs 0.35 µs a field)
@@ -136,7 +140,7 @@ def _decode_then(builder: _Builder) -> Callable[[Any], Any]:
         if isinstance(payload, str):
             if "\\" in payload and _NUL_ESCAPE_TEXT in payload:
                 raise _Defer
-        elif b"\\" in payload and _NUL_ESCAPE in payload:  # one byte first: memchr (most values have no escape)
+        elif b"\\" in payload and nul_escape(payload):  # one byte first: memchr (most values have no escape)
             raise _Defer
         return convert(decode(payload))
 
@@ -159,6 +163,22 @@ def fast_decoder(model: type[M]) -> FastDecoder[M] | None:
         decoder = None
     _DECODERS[model] = decoder
     return decoder
+
+
+def values_decoder(model: type[BaseModel], *, omit: frozenset[str] = frozenset(),
+                   ignore_unknown: bool = False) -> tuple[type[msgspec.Struct], Callable[[Any], Any]]:
+    """(Struct, decode) for payloads that hold the model's fields but ``omit``, unknown keys
+    ignored when ``ignore_unknown``: ``decode(payload)`` gives the Struct of the values, as
+    ``FastDecoder.values`` does, and **raises** (any exception) where pydantic must decide. For a
+    caller that completes the omitted fields itself (ingest's line, without its position) and
+    catches in its own loop. FastPathUnavailable when the model has no values path."""
+    if omit - set(model.model_fields):
+        raise FastPathUnavailable(f"{model.__name__} has no field {sorted(omit - set(model.model_fields))}")
+    try:
+        builder = _Builder(model, values=True, omit=omit, ignore_unknown=ignore_unknown)
+    except _NoValuesPath:
+        raise FastPathUnavailable(f"{model.__name__}: a model validator runs on the instance") from None
+    return builder.struct, _decode_then(builder)
 
 
 def decode(model: type[M], payload: bytes | bytearray | memoryview | str | None) -> M:
@@ -199,8 +219,12 @@ class _Builder:
     """The Struct of one model and the function from a decoded Struct to the result: the model's
     instance (``values=False``) or the Struct completed in place (``values=True``)."""
 
-    def __init__(self, model: type[BaseModel], *, values: bool) -> None:
+    def __init__(self, model: type[BaseModel], *, values: bool, omit: frozenset[str] = frozenset(),
+                 ignore_unknown: bool = False) -> None:
         schema: Any = model.__pydantic_core_schema__  # a TypedDict union, read as plain dicts here
+        # the top-level model's fields left out of the Struct, and unknown keys ignored whatever
+        # its ``extra`` (values_decoder: a payload that is not yet the whole model)
+        self.top, self.omit, self.ignore_unknown = model, omit, ignore_unknown
         self.definitions: dict[str, Any] = {}
         if schema.get("type") == "definitions":
             self.definitions = {d["ref"]: d for d in schema["definitions"]}
@@ -233,6 +257,9 @@ class _Builder:
         if set(config) - _NEUTRAL_CONFIG:
             raise FastPathUnavailable(f"{model.__name__}: config {sorted(set(config) - _NEUTRAL_CONFIG)}")
         extra = config.get("extra_fields_behavior", "ignore")
+        top = model is self.top
+        if top and self.ignore_unknown:
+            extra = "ignore"
         if extra not in ("forbid", "ignore"):
             raise FastPathUnavailable(f"{model.__name__}: extra={extra!r}")
         fields_schema = self._resolve(schema["schema"])
@@ -246,6 +273,8 @@ class _Builder:
         template: dict[str, Any] = {}  # every field in model order: its default, or a placeholder
         posts: list[tuple[str, Callable[[Any], Any], Any]] = []  # (name, function, default or _UNSET)
         for name, field in fields_schema["fields"].items():
+            if top and name in self.omit:
+                continue
             if field.get("type") != "model-field" or field.get("validation_alias") is not None:
                 raise FastPathUnavailable(f"{model.__name__}.{name}: an alias or a field kind not carried")
             value_schema = self._resolve(field["schema"])
@@ -270,7 +299,8 @@ class _Builder:
                 posts.append((name, post, default))
         # the model's properties (is_billable) read the Struct's fields as they read the model's
         properties = {k: v for k, v in vars(model).items() if isinstance(v, property)} if self.values else {}
-        struct = msgspec.defstruct(f"{model.__name__}{'Values' if self.values else 'Fast'}", struct_fields,
+        kind = ("Part" if top and self.omit else "Values") if self.values else "Fast"
+        struct = msgspec.defstruct(f"{model.__name__}{kind}", struct_fields,
                                    namespace=properties,
                                    kw_only=True, forbid_unknown_fields=extra == "forbid", module=__name__,
                                    gc=False)  # scalars and nested Structs only: no cycle to collect

@@ -19,7 +19,8 @@ FINGERPRINTS = ["cba0c270", "13d8864c", "16f58caf", "7e000001", "8000abcd"]
 
 
 def json_line(i: int, tag: str = "t") -> str:
-    """A line as deploy/haproxy/haproxy.cfg logs it, with a unique request id."""
+    """A line in the earlier form of deploy/haproxy/haproxy.cfg's JSON (quoted numbers, ``ts``
+    in seconds, the hex fingerprint), which ingest still reads, with a unique request id."""
     return LINE_TEMPLATE.format(ts=1_795_600_000 + i // 1000, ms=i % 1000, rid=f"{tag}-{i:09d}",
                                 fp=FINGERPRINTS[i % len(FINGERPRINTS)], bytes=100 + i % 900)
 

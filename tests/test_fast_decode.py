@@ -343,3 +343,26 @@ def test_a_text_model_defers_nul_and_keeps_other_escapes() -> None:
     assert decoder.fast(b'{"text":"a\\\\u0000"}') is None  # a backslash then u0000: deferred, pydantic accepts
     assert agree(Note, b'{"text":"a\\\\u0000"}')
     assert decoder.fast(b'{"text":"a\\n\\u00e9"}') == Note(text="a\n\u00e9")
+
+
+def test_values_decoder_without_some_fields() -> None:
+    """``values_decoder(omit=…, ignore_unknown=True)`` (ingest's line, without ``v`` and ``src``):
+    the Struct lacks the omitted fields, a payload holding them has them ignored (as any unknown
+    key), the model's values and rules are otherwise those of the whole model, and what pydantic
+    must decide raises."""
+    record = EXAMPLES["haproxy.logs"] if "haproxy.logs" in EXAMPLES else next(
+        v for v in EXAMPLES.values() if isinstance(v, LogRecord))
+    struct, decode_part = fast_decode.values_decoder(LogRecord, omit=frozenset({"v", "src"}), ignore_unknown=True)
+    assert tuple(struct.__struct_fields__) == tuple(n for n in LogRecord.model_fields if n not in ("v", "src"))
+    whole = orjson.loads(encode(record))
+    part = {k: v for k, v in whole.items() if k not in ("v", "src")}
+    for payload in (part, {**part, "v": 7, "src": {"x": 1}, "unknown": [1]}):
+        got = decode_part(orjson.dumps(payload))
+        for name in struct.__struct_fields__:
+            _same(getattr(got, name), getattr(record, name), name)
+    for bad in ({**part, "api_key_fp": 0}, {**part, "status": 1000}, {**part, "path": "x" * 11},
+                {**part, "client_ip": "a\u0000"}, {k: v for k, v in part.items() if k != "ts"}):
+        with pytest.raises(Exception):  # noqa: B017, PT011 - whatever the decoder raises: pydantic decides
+            decode_part(orjson.dumps(bad))
+    with pytest.raises(FastPathUnavailable):
+        fast_decode.values_decoder(LogRecord, omit=frozenset({"no_such_field"}))

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import field_validator, model_validator
 
@@ -30,7 +30,7 @@ from meterstream.schemas.records import LogRecord, SourcePosition
 from meterstream.schemas.topics import key_of
 from meterstream.schemas.types import EPOCH_MS_MAX, EPOCH_MS_MIN, INT32_MAX
 from meterstream.schemas.wire import encode
-from tests.test_parser import BADREQ_JSON, JSON_LINE
+from tests.test_parser import BADREQ_JSON, JSON_LINE, RECORD_LINE, RECORD_LINE_BADREQ, RECORD_LINE_NO_KEY
 
 STREAM = "edge1:2049:77:ab12cd34"
 FAST = Parser()
@@ -148,6 +148,90 @@ def test_absent_samples_agree(obj: dict[str, Any], how: str) -> None:
     same_outcome(written(obj, how))
 
 
+# -- the record's line (what deploy/haproxy/haproxy.cfg writes now): tier 1 ------------------------
+RECORD_TIER = FastJson(classic=False)  # the record's line alone: what it takes, tier 1 took
+
+
+def record_tier_agrees(line: bytes, offset: int = 4096) -> bool:
+    """Whether tier 1 took the line; asserts that what it took is the reference's record."""
+    expected = reference(line, offset)
+    taken = RECORD_TIER.encoded(line, STREAM, offset)
+    if taken is not None:
+        assert isinstance(expected, Encoded), (line, expected)
+        assert taken == (expected.key, expected.value, expected.ts), (line, taken, expected)
+    return taken is not None
+
+
+@st.composite
+def record_objects(draw: st.DrawFn) -> dict[str, Any]:
+    """A request as the record's line writes it: the reference record's own values, but ``v``
+    and ``src``; optionally without the keys whose value is the default (a shorter config)."""
+    obj = draw(valid_objects())
+    expected = reference(json.dumps(obj).encode(), 0)
+    assume(isinstance(expected, Encoded))
+    assert isinstance(expected, Encoded)
+    values = orjson.loads(expected.value)
+    del values["v"], values["src"]
+    defaults = [n for n in FIELDS if not LogRecord.model_fields[n].is_required()
+                and LogRecord.model_fields[n].default == values[n]]
+    for name in draw(st.sets(st.sampled_from(defaults))) if defaults else ():
+        del values[name]
+    return values
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(record_objects(), st.sampled_from(["haproxy", "orjson"]), st.integers(0, 2**40))
+def test_the_record_line_takes_tier_1_and_agrees(obj: dict[str, Any], how: str, offset: int) -> None:
+    """The record's line, in HAProxy's key order (``ts`` first), with "/" escaped as HAProxy's
+    json(utf8s) does or not: tier 1 takes it, with the reference path's key, value and time."""
+    line = written(obj, how)
+    assert record_tier_agrees(line, offset), line
+    assert same_outcome(line, offset)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@given(record_objects(), st.data())
+def test_the_record_line_changed_in_any_way_agrees(obj: dict[str, Any], data: st.DataObject) -> None:
+    """Keys in any order, a forged ``v`` or ``src``, unknown keys, duplicate keys, absent samples
+    (null, "-", "", "\u002d"), any value of a field: tier 1 takes it exactly as the reference
+    path does, or defers."""
+    changes = data.draw(st.dictionaries(st.sampled_from([*FIELDS, "v", "src", "extra"]),
+                                        st.sampled_from(EXTREMES) | JSON_VALUES | st.sampled_from(["-", "", None]),
+                                        max_size=3))
+    for value in changes.values():
+        assume(not (isinstance(value, float) and not math.isfinite(value)))
+    obj = {**obj, **changes}
+    keys = data.draw(st.permutations(list(obj))) if data.draw(st.booleans()) else list(obj)
+    line = json.dumps({k: obj[k] for k in keys}, separators=(",", ":")).encode()
+    if data.draw(st.booleans()):  # JSON's other spelling of "-"
+        line = line.replace(b'"-"', b'"\\u002d"')
+    if data.draw(st.booleans()):  # a duplicate key, the last one winning on both paths
+        name = data.draw(st.sampled_from(FIELDS))
+        line = line[:-1] + b',"' + name.encode() + b'":' + json.dumps(data.draw(st.sampled_from(EXTREMES))).encode() \
+            + b"}"
+    record_tier_agrees(line)
+    same_outcome(line)
+
+
+def test_a_forged_position_or_version_is_never_taken() -> None:
+    """``src`` and ``v`` are ingest's: the line's are ignored on both paths."""
+    line = RECORD_LINE[:-1].encode() + b',"v":1,"src":{"stream":"elsewhere","offset":5}}'
+    assert orjson.loads(line)["src"]  # the line holds them
+    assert record_tier_agrees(line, 77)
+    _, value, _ = RECORD_TIER.encoded(line, STREAM, 77) or (b"", b"", 0)
+    record = LogRecord.model_validate_json(value)
+    assert (record.v, record.src) == (LogRecord.SCHEMA_VERSION, SourcePosition(stream=STREAM, offset=77))
+
+
+def test_the_benchmarks_record_lines_take_tier_1(tmp_path) -> None:  # noqa: ANN001
+    from bench.ingest import generate  # noqa: PLC0415 - the benchmark's own lines
+
+    path = tmp_path / "h.log"
+    generate(path, 2000, "record")
+    for offset, line in enumerate(path.read_bytes().splitlines()):
+        assert record_tier_agrees(line, offset * 700)
+
+
 # -- invalid lines --------------------------------------------------------------------------------
 EXTREMES: list[Any] = [2**31, -(2**31) - 1, 2**53, 2**63, 2**64, 10**24, -1, 0, 1.5, -0.0, 1e300, True, False, None,
                        [], {}, [1], {"a": 1}, "", "-", "--", " 1", "1 ", "0x10", "1e3", "+", "٣", "\x00", "a\x00",
@@ -225,6 +309,14 @@ def test_any_bytes(raw: bytes) -> None:
 
 
 @pytest.mark.parametrize("line", [
+    RECORD_LINE, RECORD_LINE_NO_KEY, RECORD_LINE_BADREQ,
+    RECORD_LINE.replace('"api_key_fp":527440670', '"api_key_fp":"1F700A9E"'),
+    RECORD_LINE.replace('"api_key_fp":527440670', '"api_key_fp":0'),
+    RECORD_LINE.replace('"api_key_fp":527440670', '"api_key_fp":2147483648'),
+    RECORD_LINE.replace('"api_key_fp":527440670', '"api_key_fp":true'),
+    RECORD_LINE.replace('"ts":1795673310675', '"ts":1795673310'),
+    RECORD_LINE.replace('"customer_id":123456789', '"customer_id":-'),
+    RECORD_LINE.replace('"key_metadata":"S"', '"key_metadata":-'),
     JSON_LINE, BADREQ_JSON,
     JSON_LINE.replace('"path":"v1\\/fetch_k"', '"path":"-"'),
     JSON_LINE.replace('"path":"v1\\/fetch_k"', '"path":"\\u002d"'),
@@ -249,6 +341,15 @@ def test_cases_by_hand(line: str) -> None:
     same_outcome(line.encode())
 
 
+def test_haproxys_record_lines_take_tier_1() -> None:
+    for line in (RECORD_LINE, RECORD_LINE_NO_KEY):
+        assert record_tier_agrees(line.encode())
+        assert record_tier_agrees(("<134>Nov 25 16:50:01 edge1 haproxy[1234]: " + line).encode()) is False
+        encoded = FAST.encoded_at(("<134>Nov 25 16:50:01 edge1 haproxy[1234]: " + line).encode(), STREAM, 1)
+        assert isinstance(encoded, Encoded) and encoded._record is None  # made by the fast path
+    assert not record_tier_agrees(RECORD_LINE_BADREQ.encode())  # not JSON: the reference path reads it
+
+
 def test_haproxys_lines_are_the_fast_paths() -> None:
     """The line the real HAProxy writes (tests/test_parser.py) takes the fast path, bare or
     behind a syslog header (which the parser strips first)."""
@@ -264,7 +365,7 @@ def test_the_benchmarks_lines(tmp_path) -> None:  # noqa: ANN001
     from bench.ingest import generate  # noqa: PLC0415 - the benchmark's own lines
 
     path = tmp_path / "h.log"
-    generate(path, 2000)
+    generate(path, 2000, "classic")
     for offset, line in enumerate(path.read_bytes().splitlines()):
         assert fast_agrees(line, offset * 700)[0]
 

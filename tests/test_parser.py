@@ -16,7 +16,31 @@ from meterstream.schemas.records import SourcePosition
 
 SRC = SourcePosition(stream="edge1:2049:77:ab12cd34", offset=4096)
 
-# A line as deploy/haproxy/haproxy.cfg logs it (captured from HAProxy 2.6.12)
+# The record's line, as deploy/haproxy/haproxy.cfg logs it (captured from HAProxy 2.6.12)
+RECORD_LINE = (
+    '{"ts":1795673310675,"request_id":"7F000001:AA32_7F000001:85A5_6B07CCDE_0000:232D",'
+    '"client_ip":"127.0.0.1","api_key_fp":527440670,"service_type":1,"network":1,"server_id":16,'
+    '"fe_type":2,"traffic_type":1,"event_type":0,"key_metadata":"S","status":200,"bytes_sent":232,'
+    '"path":"v1\\/fetch_k","TR":0,"Tw":0,"Tc":0,"Tr":1,"Ta":1,"backend_id":3,"termination_state":"----",'
+    '"config_hex":"00000000","customer_id":123456789}'
+)
+# ... for a request without a key: null for the samples no rule set
+RECORD_LINE_NO_KEY = (
+    '{"ts":1795673394443,"request_id":"7F000001:B2F6_7F000001:BE53_6B07CD32_0001:2731",'
+    '"client_ip":"127.0.0.1","api_key_fp":null,"service_type":1,"network":1,"server_id":16,"fe_type":2,'
+    '"traffic_type":3,"event_type":10,"key_metadata":null,"status":401,"bytes_sent":215,"path":"v1\\/x",'
+    '"TR":0,"Tw":-1,"Tc":-1,"Tr":-1,"Ta":0,"backend_id":2,"termination_state":"PR--",'
+    '"config_hex":"00000000","customer_id":null}'
+)
+# ... for a request HAProxy could not parse: no sample evaluated, a bare - for each (not JSON)
+RECORD_LINE_BADREQ = (
+    '{"ts":1795673394443,"request_id":"-","client_ip":"127.0.0.1","api_key_fp":-,"service_type":-,'
+    '"network":-,"server_id":-,"fe_type":-,"traffic_type":-,"event_type":-,"key_metadata":-,"status":400,'
+    '"bytes_sent":0,"path":"-","TR":-1,"Tw":-1,"Tc":-1,"Tr":-1,"Ta":0,"backend_id":-,'
+    '"termination_state":"PR--","config_hex":"00000000","customer_id":-}'
+)
+# The earlier line (quoted numbers, ts in seconds, the hex fingerprint), still read (captured
+# from HAProxy 2.6.12 with the earlier config)
 JSON_LINE = (
     '{"ts":1795625194.916,"request_id":"7F000001:9296_7F000001:4E0C_6B0710EA_0000:17F7",'
     '"client_ip":"127.0.0.1","api_key_fp":"CBA0C270","service_type":"1","network":"1",'
@@ -70,6 +94,27 @@ def test_badreq_json_line_gets_a_derived_request_id() -> None:
     assert r.api_key_fp is None and r.service_type is None and r.path == ""
     assert (r.status, r.TR, r.Tw, r.Tc, r.Tr) == (400, -1, -1, -1, -1)
     assert r.traffic_type is TrafficType.NA and not r.is_billable
+
+
+def test_the_record_line() -> None:
+    r = ok(RECORD_LINE)
+    assert (r.ts, r.request_id) == (1_795_673_310_675, "7F000001:AA32_7F000001:85A5_6B07CCDE_0000:232D")
+    assert (r.api_key_fp, r.customer_id, r.key_metadata, r.path) == (527440670, 123456789, "S", "v1/fetch_k")
+    assert (r.service_type, r.network, r.fe_type) == (ServiceType.SEAL, Network.MAINNET, FeType.METERED)
+    assert (r.status, r.bytes_sent, r.backend_id, r.traffic_type) == (200, 232, 3, TrafficType.GUARANTEED)
+    assert r.src == SRC and r.is_billable
+    none = ok(RECORD_LINE_NO_KEY)
+    assert (none.api_key_fp, none.key_metadata, none.customer_id, none.event_type) == (None, None, None, 10)
+
+
+def test_the_record_line_of_a_request_haproxy_could_not_parse() -> None:
+    """Its bare "-" values are absent samples, as the earlier line's quoted "-" were."""
+    r = ok(RECORD_LINE_BADREQ)
+    assert r == ok(BADREQ_JSON).model_copy(update={"ts": r.ts, "bytes_sent": 0, "backend_id": None})
+    assert r.request_id == derived_request_id(SRC) and r.traffic_type is TrafficType.NA
+    # only a bare "-" before "," or "}": anything else that is not JSON stays not_json
+    assert rejected(RECORD_LINE_BADREQ.replace('"status":400', '"status":-x')).reason == "not_json"
+    assert rejected(RECORD_LINE_BADREQ.replace('"api_key_fp":-,', '"api_key_fp":- ,')).reason == "not_json"
 
 
 def test_derived_request_id_is_deterministic_per_position() -> None:

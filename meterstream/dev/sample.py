@@ -19,7 +19,7 @@ import orjson
 from meterstream import checkout_root
 from meterstream.builtin_keys import require
 from meterstream.key_store import KeyStore
-from meterstream.schemas.apikeys import fingerprint_of_hash, fingerprint_to_hex, key_hash
+from meterstream.schemas.apikeys import fingerprint_of_hash, key_hash
 from meterstream.schemas.enums import ServiceType
 from meterstream.settings import Settings
 
@@ -117,20 +117,23 @@ def write_sample_log(path: Path, settings: Settings, data_file: Path | None = No
     lines = []
     for i in range(SAMPLE_LOG_LINES):
         key, allowed = rng.choices(keys, weights=weights[: len(keys)])[0]
-        fp = fingerprint_to_hex(fingerprint_of_hash(key_hash(secret, key))) if key else "-"
+        fp = fingerprint_of_hash(key_hash(secret, key)) if key else None
         status = rng.choices([200, 200, 200, 200, 304, 404, 500], k=1)[0] if allowed else 401
         event = 0 if allowed else (11 if key else 10)
         ts = SAMPLE_START_MS + i * 250
         service = ServiceType.from_key_prefix(key[0]) if key else ServiceType.SEAL
+        # the record's line, as HAProxy's log-format writes it (no customer hint: the worker
+        # resolves every key)
         lines.append(
-            f'{{"ts":{ts // 1000}.{ts % 1000:03d},"request_id":"0A000001:{i:04X}_0A000002:1F90_'
-            f'{ts // 1000:08X}_{i:04X}:0001","client_ip":"192.0.2.{i % 200}","api_key_fp":"{fp}",'
-            f'"service_type":"{int(service)}","network":"1","server_id":"17","fe_type":"2",'
-            f'"traffic_type":"{1 if allowed else 3}","event_type":"{event}",'
-            f'"key_metadata":"{key[0] if key else "-"}","status":{status},'
-            f'"bytes_sent":"{rng.randint(150, 4000)}","path":"v1\\/fetch_k","TR":0,"Tw":0,'
-            f'"Tc":1,"Tr":{rng.randint(1, 40)},"Ta":{rng.randint(41, 60)},"backend_id":"3",'
-            f'"termination_state":"----","config_hex":"00000000"}}'
+            f'{{"ts":{ts},"request_id":"0A000001:{i:04X}_0A000002:1F90_'
+            f'{ts // 1000:08X}_{i:04X}:0001","client_ip":"192.0.2.{i % 200}",'
+            f'"api_key_fp":{"null" if fp is None else fp},'
+            f'"service_type":{int(service)},"network":1,"server_id":17,"fe_type":2,'
+            f'"traffic_type":{1 if allowed else 3},"event_type":{event},'
+            f'"key_metadata":{json.dumps(key[0]) if key else "null"},"status":{status},'
+            f'"bytes_sent":{rng.randint(150, 4000)},"path":"v1\\/fetch_k","TR":0,"Tw":0,'
+            f'"Tc":1,"Tr":{rng.randint(1, 40)},"Ta":{rng.randint(41, 60)},"backend_id":3,'
+            f'"termination_state":"----","config_hex":"00000000","customer_id":null}}'
         )
     lines.insert(100, "this line is not a HAProxy log line")
     lines.insert(300, '{"ts": 1795600075.000, "request_id": "cut-off')
