@@ -157,8 +157,10 @@ class FastJson:
                                                               ignore_unknown=True)
         except fast_decode.FastPathUnavailable:
             self._record_line = None
-        self._line_dash_or_empty = attrgetter(*[n for n in texts if n not in empty_is_default], "ts")
-        self._line_dash = attrgetter(*empty_is_default, "ts")
+        # the text fields, those where "" is not the default first: "-" in any, "" in those
+        empty_absent = [n for n in texts if n not in empty_is_default]
+        self._line_texts = attrgetter(*empty_absent, *empty_is_default, "ts")  # ("ts": a tuple whatever the count)
+        self._empty_absent = len(empty_absent)
         self._v_json = b'{"v":%d,' % LogRecord.model_fields["v"].default
         # key_of takes a LogRecord: one that holds each line's validated values in turn (never
         # handed out; key_of reads fields, and src, which it has no use for, is not among them)
@@ -197,7 +199,7 @@ class FastJson:
         validate, keyed = self._validator.validate_json, self._keyed
         dash_or_empty, dash = self._dash_or_empty, self._dash
         record_line, encode = self._record_line, msgspec.json.encode
-        line_dash_or_empty, line_dash, v_json = self._line_dash_or_empty, self._line_dash, self._v_json
+        line_texts, empty_absent, v_json = self._line_texts, self._empty_absent, self._v_json
         classic = self._classic
         out: list[tuple[bytes, bytes, int] | None] = []
         append = out.append
@@ -210,8 +212,8 @@ class FastJson:
                 if record_line is not None and raw.find(b".", 0, 20) < 0:
                     try:
                         line = record_line(raw)
-                        texts = line_dash_or_empty(line)
-                        if not ("-" in texts or "" in texts or "-" in line_dash(line)):
+                        texts = line_texts(line)
+                        if not ("-" in texts or "" in texts[:empty_absent]):
                             done = log_key(line), v_json + encode(line)[1:-1] + src + b"%d}}" % offset, line.ts
                     except Exception:  # noqa: BLE001 - not the record's line, or not valid: the next tier
                         pass

@@ -3,6 +3,8 @@ the syslog receiver."""
 
 from __future__ import annotations
 
+from typing import cast
+
 from meterstream.ingest import metrics
 from meterstream.ingest.parser import Parser, Rejected
 from meterstream.producer import Message, Refused
@@ -47,15 +49,16 @@ class Encoder:
         """``line_at`` of consecutive lines (each followed by its newline) from ``offset`` on."""
         topic = self.logs_topic
         if self.parser.fast is None:
-            done: list[tuple[bytes, bytes, int] | None] = [None] * len(lines)
+            out: list[Message | None] = [None] * len(lines)
         else:
-            done = self.parser.fast.encoded_lines(lines, stream, offset)
-        out = []
-        for data, fast in zip(lines, done, strict=True):
-            out.append(Message(topic, *fast) if fast is not None
-                       else self.line_at(data, stream, offset, source, fast_tried=self.parser.fast is not None))
-            offset += len(data) + 1
-        return out
+            out = [None if fast is None else Message(topic, *fast)
+                   for fast in self.parser.fast.encoded_lines(lines, stream, offset)]
+        if None in out:  # what the fast path deferred, at its offset (the common case has none)
+            for i, data in enumerate(lines):
+                if out[i] is None:
+                    out[i] = self.line_at(data, stream, offset, source, fast_tried=self.parser.fast is not None)
+                offset += len(data) + 1
+        return cast(list[Message], out)
 
     def unpublishable(self, refused: Refused) -> Message:
         """The dead letter of a message Kafka refused for good (too large for the topic...)."""

@@ -148,6 +148,7 @@ def _decode_then(builder: _Builder) -> Callable[[Any], Any]:
 
 
 _DECODERS: dict[type, FastDecoder[Any] | None] = {}
+_MATCHED_MAX = 1024  # values remembered per pattern as matching it
 
 
 def fast_decoder(model: type[M]) -> FastDecoder[M] | None:
@@ -496,10 +497,18 @@ def _compiled(lines: list[str], env: dict[str, Any], name: str, fields: list[str
 
 def _pattern_check(search: Callable[[str], Any]) -> Callable[[str], str]:
     """A pattern checked by a compiled regex after the decode: msgspec's own check costs 0.35 µs
-    a field, this one 0.15."""
+    a field, this one 0.15; a value that matched recently is not searched again (0.05 µs: such
+    fields, a configuration's version, repeat from message to message; bounded)."""
+    matched: dict[str, None] = {}
+
     def check(value: str) -> str:
+        if value in matched:
+            return value
         if search(value) is None:
             raise _Defer
+        if len(matched) >= _MATCHED_MAX:
+            matched.clear()
+        matched[value] = None
         return value
 
     return check

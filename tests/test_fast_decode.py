@@ -366,3 +366,18 @@ def test_values_decoder_without_some_fields() -> None:
             decode_part(orjson.dumps(bad))
     with pytest.raises(FastPathUnavailable):
         fast_decode.values_decoder(LogRecord, omit=frozenset({"no_such_field"}))
+
+
+def test_a_patterns_memory_of_matching_values_is_bounded_and_never_admits_a_mismatch() -> None:
+    import re  # noqa: PLC0415
+
+    check = fast_decode._pattern_check(re.compile(r"\A[0-9a-f]*\Z").search)
+    memory = next(c.cell_contents for c in check.__closure__ or () if isinstance(c.cell_contents, dict))
+    for i in range(3 * fast_decode._MATCHED_MAX):
+        assert check(f"{i:x}") == f"{i:x}"
+        assert len(memory) <= fast_decode._MATCHED_MAX
+    assert check("00000000") == "00000000" and check("00000000") == "00000000"
+    for bad in ("0000000g", "zz", "00000000\n"):
+        with pytest.raises(fast_decode._Defer):
+            check(bad)
+        assert bad not in memory
