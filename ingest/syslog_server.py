@@ -25,7 +25,6 @@ these positions are unique but, unlike a file's, not reproducible.
 from __future__ import annotations
 
 import asyncio
-import gc
 import ipaddress
 import os
 import socket
@@ -224,7 +223,6 @@ class SyslogReceiver:
 
     # -- delivery ---------------------------------------------------------------------------------
     async def run(self) -> None:
-        gc.freeze()  # start-up's objects live as long as the process: out of the collector's scans
         await self.start()
         try:
             while True:

@@ -10,7 +10,6 @@ crash can only repeat lines, with the same request ids (docs/ingest.md).
 from __future__ import annotations
 
 import asyncio
-import gc
 import socket
 import time
 from dataclasses import dataclass, field
@@ -168,9 +167,6 @@ class Tailer:
 
     # -- the loop ----------------------------------------------------------------------------
     async def run(self) -> None:
-        # what start-up built (modules, the model's schemas, the client) lives as long as the
-        # process: out of the collector's reach, a round's objects are all a full collection scans
-        gc.freeze()
         in_flight: asyncio.Task[None] | None = None
         gauges = asyncio.create_task(self._gauges_forever())
         try:

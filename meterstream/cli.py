@@ -194,6 +194,9 @@ def tail(obj: Context, files: tuple[str, ...], checkpoint: str | None, once: boo
         tailer = Tailer(settings, once=once, progress=shown)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
+    from meterstream import memory
+
+    memory.tune_collector()  # the process runs this stage alone
     _run(serve("tail", settings, tailer.run, tailer.request_stop, tailer.health))
 
 
@@ -213,6 +216,9 @@ def syslog(obj: Context, udp: str | None, tcp: str | None, http_port: int | None
     settings = _with(obj.settings, syslog=listeners,
                      http={"port": http_port} if http_port is not None else {})
     receiver = SyslogReceiver(settings)
+    from meterstream import memory
+
+    memory.tune_collector()  # the process runs this stage alone
     _run(serve("syslog", settings, receiver.run, receiver.request_stop, receiver.health))
 
 
