@@ -13,6 +13,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.partitioner import DefaultPartitioner
@@ -187,6 +188,32 @@ async def test_concurrent_rounds_are_each_acknowledged_in_order(settings_for: Ca
     for r in range(4):
         values = [int(v.split(b":")[0]) for _, k, v in records if k == b"r%d" % r and v]
         assert values == [r * 1000 + i for i in range(1, 501)]
+
+
+async def test_timestamps_and_tombstones_are_written_as_given(settings_for: Callable[..., Settings],
+                                                             new_topic: Callable[..., Awaitable[str]]) -> None:
+    settings = settings_for()
+    topic = await new_topic("timestamps", partitions=1)
+    producer, _ = round_producer(settings)
+    try:
+        assert await producer.send_round([Message(topic, b"a", b"1", timestamp_ms=1_700_000_000_123),
+                                          Message(topic, b"b", None, timestamp_ms=1_700_000_000_456),
+                                          Message(topic, b"c", b"3")]) == []
+    finally:
+        await producer.stop()
+    consumer = AIOKafkaConsumer(topic, **client_kwargs(settings.kafka), auto_offset_reset="earliest",
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        got: list = []
+        deadline = time.monotonic() + 30
+        while len(got) < 3 and time.monotonic() < deadline:
+            for messages in (await consumer.getmany(timeout_ms=500)).values():
+                got += [(m.key, m.value, m.timestamp) for m in messages]
+    finally:
+        await consumer.stop()
+    assert got[:2] == [(b"a", b"1", 1_700_000_000_123), (b"b", None, 1_700_000_000_456)]
+    assert got[2][:2] == (b"c", b"3") and abs(got[2][2] - time.time() * 1000) < 60_000  # now
 
 
 def closed_port() -> int:
