@@ -198,15 +198,16 @@ class RoundProducer:
         self._latency = latency
         self._failures = failures
         self._round = asyncio.Lock()  # one attempt at a time on the producer: reports stay apart
-        self._producer: Producer | None = None
-        self._session = _Session()
+        # "main" sends rounds (gapless); "probe" sends one suspect message at a time (not gapless:
+        # alone, a refused message leaves no gap, and the producer survives it)
+        self._clients: dict[str, tuple[Producer, _Session]] = {}
         self._closing: asyncio.Future[None] | None = None  # a producer closed after a cancellation
         self.stopping = asyncio.Event()
         self.failure = FailureClock()
         self.refused_at: float | None = None  # when a message was last refused (monotonic)
 
     # -- lifecycle -------------------------------------------------------------------------
-    def _connect(self) -> Producer:
+    def _connect(self, kind: str) -> tuple[Producer, _Session]:
         """A fresh producer (it connects in the background: this does not wait on the broker).
         The TLS and SASL files are read here, so a rotated password is picked up."""
         config = rdkafka_config(self._settings.kafka)
@@ -225,17 +226,20 @@ class RoundProducer:
 
         config = producer_config(self._settings, self._component, config)
         config.update({"on_delivery": delivered, "error_cb": error, "logger": scrubber})
-        producer = Producer(config)
-        self._session = session
-        return producer
+        if kind == "probe":
+            config["enable.gapless.guarantee"] = False
+        return Producer(config), session
 
     async def _close(self, producer: Producer) -> None:
         """Purges what the producer still holds (never sent again by it) and closes it, in a
         thread; one that does not close within stop_timeout_s is abandoned."""
 
         def close() -> None:
-            producer.purge(in_queue=True, in_flight=True, blocking=True)
-            producer.poll(0)
+            for step in (lambda: producer.purge(True, True, True), lambda: producer.poll(0)):
+                try:
+                    step()
+                except KafkaException:  # a fatal error is raised once, by whichever call comes first
+                    pass
             producer.close()
 
         try:
@@ -243,10 +247,12 @@ class RoundProducer:
         except (TimeoutError, Exception) as exc:  # noqa: BLE001 - abandon a producer that hangs
             log.warning("kafka producer did not stop cleanly; abandoned", error=type(exc).__name__)
 
-    async def _reset(self) -> None:
-        if self._producer is not None:
-            old, self._producer = self._producer, None
-            await self._close(old)
+    async def _reset(self, kind: str | None = None) -> None:
+        """Closes the ``kind`` producer (both when None); the next attempt makes a fresh one."""
+        for k in [kind] if kind else list(self._clients):
+            client = self._clients.pop(k, None)
+            if client is not None:
+                await self._close(client[0])
 
     async def stop(self) -> None:
         self.stopping.set()
@@ -254,7 +260,8 @@ class RoundProducer:
             await self._reset()
 
     # -- one attempt -----------------------------------------------------------------------
-    async def _attempt(self, batch: list[Message]) -> tuple[list[tuple[int, KafkaError]], list[Refused]]:
+    async def _attempt(self, batch: list[Message],
+                       kind: str = "main") -> tuple[list[tuple[int, KafkaError]], list[Refused]]:
         """Produces ``batch`` on the current producer and waits until librdkafka holds none of
         it. Returns the failures reported (index in ``batch``, error; empty: every message not
         refused locally is acknowledged) and the messages produce() refused itself. Raises
@@ -262,25 +269,27 @@ class RoundProducer:
         async with self._round:
             if self.stopping.is_set():
                 raise Stopped()
-            if self._producer is None:
+            if kind not in self._clients:
                 try:
-                    self._producer = self._connect()
+                    self._clients[kind] = self._connect(kind)
                 except KafkaException as exc:
                     raise RoundFailed(f"producer: {exc.args[0].name() if exc.args else exc}") from None
-            producer, session = self._producer, self._session
+            client = self._clients[kind]
+            producer, session = client
             session.failures.clear()
             try:
                 local, unsent = await self._produce_and_flush(producer, session, batch)
             except asyncio.CancelledError:  # the round is given up: so is what the producer holds
-                if self._producer is producer:
-                    self._producer = None
+                if self._clients.get(kind) is client:
+                    del self._clients[kind]
                     self._closing = asyncio.ensure_future(self._close(producer))
                 raise
-            if session.fatal is not None or session.failures:
+            if session.fatal is not None or (session.failures and kind == "main"):
                 # a fatal error cannot be cleared, and a failed batch spent sequence numbers:
-                # the next attempt is made on a fresh producer
-                if self._producer is producer:
-                    self._producer = None
+                # the next attempt is made on a fresh producer (the probe bumps its epoch and
+                # goes on: it only ever has one message outstanding)
+                if self._clients.get(kind) is client:
+                    del self._clients[kind]
                 await self._close(producer)
             failed = self._locate(batch, session.failures)
             if unsent is not None and session.fatal is not None:  # never produced: failed too
@@ -407,7 +416,8 @@ class RoundProducer:
                 batch = pending[:1]
             else:
                 batch = pending[:first_alone]
-            failed, local = await self._attempt(batch)
+            failed, local = await self._attempt(batch, "probe" if len(batch) == 1 and id(batch[0]) in alone
+                                                else "main")
             refused += local
             gone = {id(r.message) for r in local}
             if not failed:

@@ -235,7 +235,7 @@ async def test_an_unreachable_broker_is_retried_and_stop_ends_the_round_promptly
     assert failures._value.get() >= 3 and not round_.done()  # resent, again and again
     assert producer.failure.since is not None  # the FailureClock runs
     # stop in the middle of an attempt (a flush slice), not only in a backoff
-    while producer._producer is None:
+    while "main" not in producer._clients:
         await asyncio.sleep(0.01)
     started = time.monotonic()
     await producer.stop()
