@@ -409,7 +409,7 @@ class RoundProducer:
         alone: set[int] = set()  # id() of messages that failed with a refusal: sent one at a time
         refused: list[Refused] = []
         while pending:
-            first_alone = next((i for i, m in enumerate(pending) if id(m) in alone), None)
+            first_alone = next((i for i, m in enumerate(pending) if id(m) in alone), None) if alone else None
             if first_alone is None:
                 batch = pending
             elif first_alone == 0:
