@@ -149,3 +149,32 @@ def test_failures_are_placed_at_their_first_possible_position() -> None:
                                             (err, Report(batch[2]))])  # type: ignore[list-item]
     assert [i for i, _ in located] == [0, 2, 3]  # equal messages: the earliest first
     assert RoundProducer._locate(batch, [(err, Report(Message("t", b"x", b"y")))]) == [(0, err)]  # type: ignore[list-item]
+
+
+async def test_a_refused_batch_is_searched_one_message_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake broker that refuses any batch holding a message over 100 bytes (the whole batch,
+    as librdkafka reports it): the culprits come back as Refused, each other message is written
+    once, in order, and the suspects go through the probe producer one at a time."""
+    settings = settings_mod.load(None)
+    registry = CollectorRegistry()
+    producer = RoundProducer(settings, "units", Histogram("fake_latency", "l", registry=registry),
+                             Counter("fake_failures", "f", registry=registry))
+    written: list[bytes] = []
+    attempts: list[tuple[str, int]] = []
+    refusal = KafkaError(KafkaError.MSG_SIZE_TOO_LARGE)
+
+    async def attempt(batch: list[Message], kind: str = "main") -> tuple[list, list]:
+        attempts.append((kind, len(batch)))
+        if any(len(m.value or b"") > 100 for m in batch):
+            return [(i, refusal) for i in range(len(batch))], []  # the whole batch fails
+        written.extend(m.value or b"" for m in batch)
+        return [], []
+
+    monkeypatch.setattr(producer, "_attempt", attempt)
+    messages = [Message("t", b"k", b"%d" % i if i not in (3, 7) else b"x" * 200) for i in range(10)]
+    refused = await producer.send_round(messages)
+    assert [id(r.message) for r in refused] == [id(messages[3]), id(messages[7])]
+    assert all("MSG_SIZE_TOO_LARGE" in r.error for r in refused)
+    assert written == [b"%d" % i for i in range(10) if i not in (3, 7)]
+    assert attempts[0] == ("main", 10) and all(n == 1 for kind, n in attempts[1:] if kind == "probe")
+    assert sum(1 for kind, _ in attempts if kind == "probe") == 10  # every suspect alone, once
