@@ -199,7 +199,8 @@ class RoundProducer:
         self._failures = failures
         self._round = asyncio.Lock()  # one attempt at a time on the producer: reports stay apart
         # "main" sends rounds (gapless); "probe" sends one suspect message at a time (not gapless:
-        # alone, a refused message leaves no gap, and the producer survives it)
+        # alone, a refused message leaves no gap, and the producer survives it); "spare", made
+        # once a batch was refused, replaces "main" at the next refusal (_replace_main)
         self._clients: dict[str, tuple[Producer, _Session]] = {}
         self._closing: asyncio.Future[None] | None = None  # a producer closed after a cancellation
         self.stopping = asyncio.Event()
@@ -290,11 +291,25 @@ class RoundProducer:
                 # goes on: it only ever has one message outstanding)
                 if self._clients.get(kind) is client:
                     del self._clients[kind]
+                    if kind == "main" and session.fatal is not None:
+                        self._replace_main()
                 await self._close(producer)
             failed = self._locate(batch, session.failures)
             if unsent is not None and session.fatal is not None:  # never produced: failed too
                 failed = sorted([*failed, (unsent, session.fatal)], key=lambda f: f[0])
             return failed, local
+
+    def _replace_main(self) -> None:
+        """After a refused batch stopped the main producer: the spare made at the previous one
+        takes over, and a new spare starts connecting. A fresh idempotent producer waits for
+        its producer id (0.1-0.5 s) before it sends anything; a topic that refuses messages
+        usually refuses again, and this keeps that wait out of every round."""
+        try:
+            spare = self._clients.pop("spare", None)
+            self._clients["main"] = spare if spare is not None else self._connect("main")
+            self._clients["spare"] = self._connect("main")
+        except KafkaException:
+            pass  # the next attempt makes its producer itself, and says why it cannot
 
     async def _produce_and_flush(self, producer: Producer, session: _Session,
                                  batch: list[Message]) -> tuple[list[Refused], int | None]:
