@@ -12,8 +12,8 @@ later ones. docs/producer.md has the protocol; in short:
 - one librdkafka producer per RoundProducer, the delivery callback set once in its
   configuration with ``delivery.report.only.error`` (a callback per message costs about as
   much CPU as aiokafka did): a round is acknowledged when the producer holds nothing more
-  (``flush`` returned 0) and no failure was reported for it. Rounds are serialized (a lock),
-  so the reports of one round are never mixed with another's;
+  (``flush`` returned 0) and no failure was reported for it. Attempts are serialized (a lock):
+  rounds sent concurrently take turns, so the reports of one are never taken for another's;
 - ``enable.gapless.guarantee``: a batch that fails for good (a refusal) stops the producer
   (a fatal error) instead of letting librdkafka renumber and send the batches behind it, so
   nothing of a partition is ever written after a message of it that was not;
@@ -29,9 +29,10 @@ timestamp or record, a topic policy, ...), or one larger than ``batch_bytes`` (r
 ``produce()`` itself), is never retried: it is returned to the caller (``Refused``), logged
 (without content) and counted, and the rest of the round goes on; the caller dead-letters it.
 librdkafka fails a whole batch with the culprit's error, so the messages that failed with a
-refusal are resent one at a time, in order, on a fresh producer, to tell the culprit(s) from
-the others. Errors an operator can fix (authorization, an unknown topic, the broker away) are
-retried, loudly.
+refusal are resent one at a time, in order, through a second producer (the probe: not gapless,
+alone a message leaves no gap), to tell the culprit(s) from the others; the main producer is
+replaced by a spare kept connecting once a batch was refused. Errors an operator can fix
+(authorization, an unknown topic, the broker away) are retried, loudly.
 """
 
 from __future__ import annotations
