@@ -27,6 +27,7 @@ from collections.abc import Iterable
 
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
+from aiokafka.errors import IllegalStateError
 
 from meterstream import logs, pg
 from meterstream.kafka_clients import client_kwargs
@@ -46,6 +47,11 @@ LAG_INTERVAL_S = 1.0
 # a batch holds about two objects per message, which would make it run every few hundred
 # messages, its later generations over the whole batch
 GC_THRESHOLD = 50_000
+# Postgres away, or the connection lost: retried on a new connection. asyncpg raises its
+# InternalClientError ("another operation is in progress") for a query started on a connection
+# whose server has just ended it (an idle connection terminated: the error arrived, the close
+# not yet); the batch is not committed either way, so it is written again (found by a test).
+LOST: tuple[type[BaseException], ...] = (*pg.TRANSIENT, asyncpg.InternalClientError)
 # topic -> its handler module: MODEL, TABLE, STAGING, COLUMNS, row(value), write(conn, rows)
 HANDLERS = {topics.HAPROXY_LOGS: raw_logs, topics.METER_USAGE: usage, topics.METER_BREACHES: limit_events}
 # a message taken: its partition, offset, value, and its row or why it is a dead letter
@@ -107,8 +113,13 @@ class PostgresSink:
         self.settings = settings
         self.handlers = {settings.topic(name): HANDLERS[name] for name in settings.sink.topics}
         self.consumer_name = settings.sink.consumer
+        # held while a batch is written, and by the rebalance callbacks: a revocation waits for
+        # the batch being written to commit, then drops the revoked partitions' messages from
+        # the batch being filled (self.batch); an assignment reads the stored offsets after it
         self.lock = asyncio.Lock()
-        self.batch = Batch()
+        self.batch = Batch()  # being filled
+        self.writing: asyncio.Future[None] | None = None  # the previous batch, being written
+        self.in_flight = 0  # messages of the batch being written
         self.expected: dict[TopicPartition, int] = {}  # next offset to take, per partition
         self.taken_at: dict[TopicPartition, int] = {}  # Kafka timestamp (ms) of the last message taken
         self.conn: asyncpg.Connection | None = None
@@ -122,7 +133,7 @@ class PostgresSink:
     def health(self) -> tuple[bool, dict[str, object]]:
         failing = max(self.failure.seconds(), self.dead_letters.failure.seconds())
         return self.failure.healthy() and self.dead_letters.failure.healthy(), {
-            "failing_s": round(failing, 1), "pending": len(self.batch)}
+            "failing_s": round(failing, 1), "pending": len(self.batch) + self.in_flight}
 
     # -- Postgres ----------------------------------------------------------------------------
     async def _connection(self) -> asyncpg.Connection:
@@ -161,7 +172,7 @@ class PostgresSink:
                     "SELECT topic, partition, next_offset FROM sink_offsets WHERE consumer = $1",
                     self.consumer_name)
                 break
-            except pg.TRANSIENT as exc:
+            except LOST as exc:
                 await self._backoff(exc)
         stored = {TopicPartition(r["topic"], r["partition"]): r["next_offset"] for r in rows}
         # explicit positions: aiokafka's seek_to_beginning resets lazily, after records already
@@ -180,51 +191,81 @@ class PostgresSink:
             self.expected.pop(tp, None)
 
     async def flush(self) -> None:
-        """Write the pending batch and its offsets in one transaction; retry until it is in.
-        Its dead letters are acknowledged by Kafka first."""
-        async with self.lock:
-            batch = self.batch
-            if not batch:
-                return
-            sent: set[int] = set()  # dead letters already acknowledged (by index in the batch)
-            while True:
-                await self._send_dead_letters(batch, sent)
-                started = time.monotonic()
-                conn: asyncpg.Connection | None = None
+        """Write the pending batch (after the one being written, if any) and wait until it is in."""
+        await self.hand_off()
+        await self.written()
+
+    async def hand_off(self) -> None:
+        """Start writing the pending batch, in the background (``self.writing``), once the
+        batch written before it is in: at most one batch is being written while the next is
+        filled, so batches commit in order and memory holds two batches at most. The batch is
+        taken under the lock, so a rebalance callback sees it either still pending (and drops
+        its revoked partitions' messages) or being written (and waits for its commit)."""
+        await self.written()
+        await self.lock.acquire()
+        batch = self.batch
+        if not batch:
+            self.lock.release()
+            return
+        self.batch = Batch()
+        self.in_flight = len(batch)
+        self.writing = asyncio.ensure_future(self._write_then_release(batch))
+
+    async def written(self) -> None:
+        """Wait for the batch being written, if any; raises what ended its writing (a batch
+        Postgres refuses though no single row of it)."""
+        writing, self.writing = self.writing, None
+        if writing is not None:
+            await writing
+
+    async def _write_then_release(self, batch: Batch) -> None:
+        try:
+            await self._write(batch)
+        finally:
+            self.in_flight = 0
+            self.lock.release()
+
+    async def _write(self, batch: Batch) -> None:
+        """Write a batch and its offsets in one transaction; retry until it is in. Its dead
+        letters are acknowledged by Kafka first. The caller holds the lock."""
+        sent: set[int] = set()  # dead letters already acknowledged (by index in the batch)
+        while True:
+            await self._send_dead_letters(batch, sent)
+            started = time.monotonic()
+            conn: asyncpg.Connection | None = None
+            try:
+                conn = await self._connection()
+                written = {}
+                async with conn.transaction():
+                    for topic, rows in batch.rows.items():
+                        if rows:
+                            handler = self.handlers[topic]
+                            written[handler.TABLE] = (await handler.write(conn, rows), len(rows))
+                    await conn.executemany(
+                        """INSERT INTO sink_offsets (consumer, topic, partition, next_offset)
+                           VALUES ($1, $2, $3, $4)
+                           ON CONFLICT (consumer, topic, partition) DO UPDATE
+                           SET next_offset = GREATEST(sink_offsets.next_offset, EXCLUDED.next_offset),
+                               updated_at = now()""",
+                        [(self.consumer_name, tp.topic, tp.partition, o) for tp, o in batch.next_offsets.items()])
+                break
+            except REFUSED as exc:  # a row the table refuses: find it, dead-letter it, write the rest
+                if conn is None:
+                    raise
                 try:
-                    conn = await self._connection()
-                    written = {}
-                    async with conn.transaction():
-                        for topic, rows in batch.rows.items():
-                            if rows:
-                                handler = self.handlers[topic]
-                                written[handler.TABLE] = (await handler.write(conn, rows), len(rows))
-                        await conn.executemany(
-                            """INSERT INTO sink_offsets (consumer, topic, partition, next_offset)
-                               VALUES ($1, $2, $3, $4)
-                               ON CONFLICT (consumer, topic, partition) DO UPDATE
-                               SET next_offset = GREATEST(sink_offsets.next_offset, EXCLUDED.next_offset),
-                                   updated_at = now()""",
-                            [(self.consumer_name, tp.topic, tp.partition, o) for tp, o in batch.next_offsets.items()])
-                    break
-                except REFUSED as exc:  # a row the table refuses: find it, dead-letter it, write the rest
-                    if conn is None:
-                        raise
-                    try:
-                        batch = await self._isolate(conn, batch, exc)
-                    except pg.TRANSIENT as again:
-                        await self._backoff(again)
-                except pg.TRANSIENT as exc:
-                    await self._backoff(exc)
-            metrics.BATCH_SECONDS.observe(time.monotonic() - started)
-            for table, (new, taken) in written.items():
-                metrics.ROWS.labels(table).inc(new)
-                metrics.DUPLICATES.labels(table).inc(taken - new)
-            for tp in batch.next_offsets:
-                if self.taken_at.get(tp, 0) > 0:
-                    metrics.EVENT_TIME.labels(tp.topic, str(tp.partition)).set(self.taken_at[tp] / 1000)
-            self.failure.recovered()
-            self.batch = Batch()
+                    batch = await self._isolate(conn, batch, exc)
+                except LOST as again:
+                    await self._backoff(again)
+            except LOST as exc:
+                await self._backoff(exc)
+        metrics.BATCH_SECONDS.observe(time.monotonic() - started)
+        for table, (new, taken) in written.items():
+            metrics.ROWS.labels(table).inc(new)
+            metrics.DUPLICATES.labels(table).inc(taken - new)
+        for tp in batch.next_offsets:
+            if self.taken_at.get(tp, 0) > 0:
+                metrics.EVENT_TIME.labels(tp.topic, str(tp.partition)).set(self.taken_at[tp] / 1000)
+        self.failure.recovered()
 
     async def _isolate(self, conn: asyncpg.Connection, batch: Batch, error: BaseException) -> Batch:
         """The batch with the rows Postgres refuses made dead letters."""
@@ -321,15 +362,22 @@ class PostgresSink:
                 fetched = await self.consumer.getmany(timeout_ms=100, max_records=s.sink.batch_rows - len(self.batch))
                 for tp, messages in fetched.items():
                     self._take(tp, messages)
+                    if self.writing is not None:
+                        await asyncio.sleep(0)  # the batch being written: its COPY's data flows on
+                if self.writing is not None and self.writing.done():
+                    await self.written()  # raises what ended it
                 due = time.monotonic() - last_flush >= s.sink.flush_interval_s
                 if len(self.batch) >= s.sink.batch_rows or (self.batch and due):
-                    await self.flush()
+                    await self.hand_off()  # waits for the batch before it first
                     last_flush = time.monotonic()
                 if time.monotonic() - last_lag >= LAG_INTERVAL_S:  # a broker round trip: not per batch
                     await self._update_lag()
                     last_lag = time.monotonic()
             await self.flush()
         finally:
+            if self.writing is not None:  # an error ended the loop: the batch being written is
+                self.writing.cancel()  # rolled back (its offsets with it), so it is read again
+                await asyncio.gather(self.writing, return_exceptions=True)
             await asyncio.wait_for(self.consumer.stop(), s.produce.stop_timeout_s)
             await self.dead_letters.stop()
             if self.conn is not None:
@@ -342,7 +390,11 @@ class PostgresSink:
             return
         ends = await self.consumer.end_offsets(assignment)
         for tp in assignment:
-            metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(0, ends[tp] - await self.consumer.position(tp)))
+            try:
+                position = await self.consumer.position(tp)
+            except IllegalStateError:  # revoked while the end offsets were asked for (a rebalance)
+                continue
+            metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(0, ends[tp] - position))
 
     def request_stop(self) -> None:
         self.stop_requested.set()
