@@ -153,7 +153,7 @@ async def measure(rows: int, dev, admin_dsn: str) -> dict[str, Any]:  # noqa: AN
         backends = Backends(conn, proc.pid)
         while (done := await conn.fetchval("SELECT coalesce(sum(next_offset), 0) FROM sink_offsets")) < rows:
             if done and first is None:
-                first = (time.perf_counter(), int(done))
+                first = (time.perf_counter(), int(done), cpu_seconds(proc.pid))
             peak = max(peak, peak_rss_mib(proc.pid))
             await backends.sample()
             if proc.poll() is not None:
@@ -190,10 +190,12 @@ async def measure(rows: int, dev, admin_dsn: str) -> dict[str, Any]:  # noqa: AN
         await drop_database(admin_dsn, dsn.rsplit("/", 1)[1])
     sink_seconds = ended - started
     steady = (rows - first[1]) / (ended - first[0]) if first and first[1] < rows else float("nan")
+    steady_cpu = (cpu - first[2]) / (rows - first[1]) * 1e6 if first and first[1] < rows else float("nan")
     return {"rows": rows, "copy": rows / copy_seconds, "sink": rows / sink_seconds,
             "ratio": copy_seconds / sink_seconds, "sink_pg": backends.summary(rows),
             "copy_pg": copy_backends.summary(rows),
-            "steady": steady, "first": (first[0] - started, first[1]) if first else (float("nan"), 0),
+            "steady": steady, "steady_cpu": steady_cpu,
+            "first": (first[0] - started, first[1]) if first else (float("nan"), 0),
             "cpu_us": cpu / rows * 1e6, "peak": peak, "final": final}
 
 
@@ -208,7 +210,8 @@ async def main_async(sizes: list[int], dev) -> None:  # noqa: ANN001
         print(f"{r['rows']:>10,} {r['copy']:>12,.0f} {r['sink']:>10,.0f} {r['ratio']:>6.2f} {r['steady']:>11,.0f} "
               f"{r['cpu_us']:>9.1f} {r['peak']:>9.0f} {r['final']:>8.0f}")
     for r in results:
-        print(f"# {r['rows']:,} sink: its first commit {r['first'][0]:.2f} s after its start ({r['first'][1]:,} rows)")
+        print(f"# {r['rows']:,} sink: its first commit {r['first'][0]:.2f} s after its start ({r['first'][1]:,} rows); "
+              f"after it, {r['steady_cpu']:.1f} us of CPU per row")
         for who in ("sink", "copy"):
             b = r[f"{who}_pg"]
             waiting = f", sink waiting {b['client_waiting']:.0%}, both waiting {b['idle']:.0%}" if who == "sink" else ""

@@ -51,6 +51,10 @@ GC_THRESHOLD = 50_000
 # InternalClientError ("another operation is in progress") for a query started on a connection
 # whose server has just ended it (an idle connection terminated: the error arrived, the close
 # not yet); the batch is not committed either way, so it is written again (found by a test).
+# messages taken at a time while a batch is being written (about 10 ms of the sink's work)
+WRITING_SLICE = 2_000
+# what a connection's transport may hold before asyncpg waits (more than a batch's COPY data)
+COPY_BUFFER_BYTES = 64 * 2**20
 LOST: tuple[type[BaseException], ...] = (*pg.TRANSIENT, asyncpg.InternalClientError)
 # topic -> its handler module: MODEL, TABLE, STAGING, COLUMNS, row(value), write(conn, rows)
 HANDLERS = {topics.HAPROXY_LOGS: raw_logs, topics.METER_USAGE: usage, topics.METER_BREACHES: limit_events}
@@ -144,6 +148,13 @@ class PostgresSink:
                 # the session's zone, which a server default of +05:30 would shift)
                 await conn.execute("SET TIME ZONE 'UTC'")
                 await pgvalues.prepare(conn)  # the rows' timestamps and addresses, as they are
+                # a batch's COPY data goes to the connection's transport in one go (asyncpg encodes
+                # it without pausing), so that Postgres has it all while the next batch is taken:
+                # with the transport's default limit (64 KiB) asyncpg paused every 512 KiB and the
+                # rest flowed only between the slices of the next batch's decoding
+                transport = getattr(conn, "_transport", None)  # asyncpg's, not public API
+                if transport is not None:
+                    transport.set_write_buffer_limits(high=COPY_BUFFER_BYTES)
                 for handler in self.handlers.values():
                     await conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS {handler.STAGING} "
                                        f"(LIKE {handler.TABLE} INCLUDING DEFAULTS) ON COMMIT DELETE ROWS")
@@ -151,6 +162,10 @@ class PostgresSink:
             except pg.TRANSIENT as exc:
                 await self._backoff(exc)
         return self.conn
+
+    async def _connect_first(self) -> None:
+        async with self.lock:
+            await self._connection()
 
     async def _backoff(self, exc: BaseException) -> None:
         metrics.FAILURES.inc()
@@ -355,15 +370,23 @@ class PostgresSink:
             fetch_max_bytes=s.sink.fetch_max_bytes, max_partition_fetch_bytes=s.sink.partition_fetch_bytes,
         )
         self.consumer.subscribe(list(self.handlers), listener=_Seeker(self))
-        await self.consumer.start()
+        # Postgres connected while the consumer joins its group: the assignment's seek to the
+        # stored offsets then only reads them (records fetched before it are fetched again)
+        await asyncio.gather(self._connect_first(), self.consumer.start())
         try:
             last_flush, last_lag = time.monotonic(), 0.0  # the lag gauge from the first loop on
             while not self.stop_requested.is_set():
-                fetched = await self.consumer.getmany(timeout_ms=100, max_records=s.sink.batch_rows - len(self.batch))
+                room = s.sink.batch_rows - len(self.batch)
+                if self.writing is not None:
+                    # a batch is being written: the next is taken in slices, so that the writer
+                    # answers Postgres (each statement of its transaction is a round trip) and
+                    # sends its data without waiting for a whole batch's decoding
+                    room = min(room, WRITING_SLICE)
+                fetched = await self.consumer.getmany(timeout_ms=100, max_records=room)
                 for tp, messages in fetched.items():
                     self._take(tp, messages)
                     if self.writing is not None:
-                        await asyncio.sleep(0)  # the batch being written: its COPY's data flows on
+                        await asyncio.sleep(0)
                 if self.writing is not None and self.writing.done():
                     await self.written()  # raises what ended it
                 due = time.monotonic() - last_flush >= s.sink.flush_interval_s
