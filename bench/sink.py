@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaProducer
 from bench.common import WORK, cpu_seconds, fresh_db, peak_rss_mib, pin_broker, rss_mib, services, unpin_broker
 from meterstream import settings as settings_mod
 from meterstream.dev.databases import drop_database, dsn_of
+from meterstream.dev.services.system import read_pid
 from meterstream.kafka import ensure_topics
 from meterstream.kafka_clients import client_kwargs
 from meterstream.schemas.enums import FeType, Network, ServiceType, TrafficType
@@ -145,6 +146,8 @@ async def measure(rows: int, dev, admin_dsn: str) -> dict[str, Any]:  # noqa: AN
            "MS_SINK__TOPICS": '["haproxy.logs"]', "MS_SINK__CONSUMER": f"bench-{uuid.uuid4().hex[:6]}"}
     conn = await asyncpg.connect(sink_dsn)
     pin_broker(dev, 1)
+    broker = read_pid(dev.kafka.pidfile)
+    broker_cpu = cpu_seconds(broker) if broker else float("nan")
     try:
         started = time.perf_counter()
         proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "meterstream.cli", "--log-level",
@@ -162,6 +165,7 @@ async def measure(rows: int, dev, admin_dsn: str) -> dict[str, Any]:  # noqa: AN
         ended = time.perf_counter()
         await backends.sample()
         peak, final, cpu = max(peak, peak_rss_mib(proc.pid)), rss_mib(proc.pid), cpu_seconds(proc.pid)
+        broker_cpu = cpu_seconds(broker) - broker_cpu if broker else float("nan")
         proc.terminate()
         proc.wait(60)
     finally:
@@ -196,7 +200,7 @@ async def measure(rows: int, dev, admin_dsn: str) -> dict[str, Any]:  # noqa: AN
             "copy_pg": copy_backends.summary(rows),
             "steady": steady, "steady_cpu": steady_cpu,
             "first": (first[0] - started, first[1]) if first else (float("nan"), 0),
-            "cpu_us": cpu / rows * 1e6, "peak": peak, "final": final}
+            "cpu_us": cpu / rows * 1e6, "broker_us": broker_cpu / rows * 1e6, "peak": peak, "final": final}
 
 
 async def main_async(sizes: list[int], dev) -> None:  # noqa: ANN001
@@ -211,7 +215,8 @@ async def main_async(sizes: list[int], dev) -> None:  # noqa: ANN001
               f"{r['cpu_us']:>9.1f} {r['peak']:>9.0f} {r['final']:>8.0f}")
     for r in results:
         print(f"# {r['rows']:,} sink: its first commit {r['first'][0]:.2f} s after its start ({r['first'][1]:,} rows); "
-              f"after it, {r['steady_cpu']:.1f} us of CPU per row")
+              f"after it, {r['steady_cpu']:.1f} us of CPU per row; the broker (on CPU 1) meanwhile "
+              f"{r['broker_us']:.1f} us of CPU per row")
         for who in ("sink", "copy"):
             b = r[f"{who}_pg"]
             waiting = f", sink waiting {b['client_waiting']:.0%}, both waiting {b['idle']:.0%}" if who == "sink" else ""
