@@ -156,6 +156,7 @@ class PostgresSink:
         self.batch = Batch()  # being filled
         self.writing: asyncio.Future[None] | None = None  # the previous batch, being written
         self.in_flight = 0  # messages of the batch being written
+        self.direct = True  # the last batch met no repeated record (see _write)
         self.expected: dict[TopicPartition, int] = {}  # next offset to take, per partition
         self.taken_at: dict[TopicPartition, int] = {}  # Kafka timestamp (ms) of the last message taken
         self.conn: asyncpg.Connection | None = None
@@ -276,6 +277,9 @@ class PostgresSink:
         """Write a batch and its offsets in one transaction; retry until it is in. Its dead
         letters are acknowledged by Kafka first. The caller holds the lock."""
         sent: set[int] = set()  # dead letters already acknowledged (by index in the batch)
+        # a handler's write_new (raw logs: COPY straight into the table, no savepoint) unless a
+        # batch met a repeated record, until a batch goes in without one
+        direct = self.direct
         while True:
             await self._send_dead_letters(batch, sent)
             started = time.monotonic()
@@ -287,7 +291,8 @@ class PostgresSink:
                     for topic, rows in batch.rows.items():
                         if rows:
                             handler = self.handlers[topic]
-                            written[handler.TABLE] = (await handler.write(conn, rows), len(rows))
+                            write = getattr(handler, "write_new", handler.write) if direct else handler.write
+                            written[handler.TABLE] = (await write(conn, rows), len(rows))
                     await conn.executemany(
                         """INSERT INTO sink_offsets (consumer, topic, partition, next_offset)
                            VALUES ($1, $2, $3, $4)
@@ -297,6 +302,9 @@ class PostgresSink:
                         [(self.consumer_name, tp.topic, tp.partition, o) for tp, o in batch.next_offsets.items()])
                 break
             except REFUSED as exc:  # a row the table refuses: find it, dead-letter it, write the rest
+                if direct and isinstance(exc, asyncpg.UniqueViolationError):
+                    direct = False  # a repeated record: the batch again, skipping what is there
+                    continue
                 if conn is None:
                     raise
                 try:
@@ -305,6 +313,7 @@ class PostgresSink:
                     await self._backoff(again)
             except LOST as exc:
                 await self._backoff(exc)
+        self.direct = all(new == taken for new, taken in written.values())
         metrics.BATCH_SECONDS.observe(time.monotonic() - started)
         for table, (new, taken) in written.items():
             metrics.ROWS.labels(table).inc(new)
