@@ -49,16 +49,16 @@ LAG_INTERVAL_S = 1.0
 # a batch holds about two objects per message, which would make it run every few hundred
 # messages, its later generations over the whole batch
 GC_THRESHOLD = 50_000
-# Postgres away, or the connection lost: retried on a new connection. asyncpg raises its
-# InternalClientError ("another operation is in progress") for a query started on a connection
-# whose server has just ended it (an idle connection terminated: the error arrived, the close
-# not yet); the batch is not committed either way, so it is written again (found by a test).
 # messages taken at a time (about 3 ms of the sink's work)
 SLICE = 500
 # messages a batch goes with when nothing is being written (about 13 ms of the sink's work)
 EAGER_ROWS = 2_000
 # what a connection's transport may hold before asyncpg waits (more than a batch's COPY data)
 COPY_BUFFER_BYTES = 64 * 2**20
+# Postgres away, or the connection lost: retried on a new connection. asyncpg raises its
+# InternalClientError ("another operation is in progress") for a query started on a connection
+# whose server has just ended it (an idle connection terminated: the error arrived, the close
+# not yet); the batch is not committed either way, so it is written again (found by a test).
 LOST: tuple[type[BaseException], ...] = (*pg.TRANSIENT, asyncpg.InternalClientError)
 # topic -> its handler module: MODEL, TABLE, STAGING, COLUMNS, row(value), write(conn, rows)
 HANDLERS = {topics.HAPROXY_LOGS: raw_logs, topics.METER_USAGE: usage, topics.METER_BREACHES: limit_events}
@@ -99,7 +99,7 @@ class Batch:
     topic (and where each row's message is in ``taken``), how many are dead letters and the
     next offset of each partition: what one transaction writes."""
 
-    __slots__ = ("taken", "rows", "at", "refused", "next_offsets")
+    __slots__ = ("taken", "rows", "at", "refused", "next_offsets", "taken_at")
 
     def __init__(self, taken: Iterable[Taken] = ()) -> None:
         self.taken: list[Taken] = []
@@ -107,6 +107,7 @@ class Batch:
         self.at: dict[str, list[int]] = defaultdict(list)
         self.refused = 0
         self.next_offsets: dict[TopicPartition, int] = {}
+        self.taken_at: dict[TopicPartition, int] = {}  # Kafka timestamp (ms) of its last message, set when handed off
         for tp, offset, value, row in taken:  # a batch rebuilt (partitions revoked, rows refused)
             if isinstance(row, Refused):
                 self.refused += 1
@@ -256,6 +257,7 @@ class PostgresSink:
             self.lock.release()
             return
         self.batch = Batch()
+        batch.taken_at = {tp: self.taken_at[tp] for tp in batch.next_offsets if tp in self.taken_at}
         self.in_flight = len(batch)
         self.writing = asyncio.ensure_future(self._write_then_release(batch))
 
@@ -319,9 +321,9 @@ class PostgresSink:
         for table, (new, taken) in written.items():
             metrics.ROWS.labels(table).inc(new)
             metrics.DUPLICATES.labels(table).inc(taken - new)
-        for tp in batch.next_offsets:
-            if self.taken_at.get(tp, 0) > 0:
-                metrics.EVENT_TIME.labels(tp.topic, str(tp.partition)).set(self.taken_at[tp] / 1000)
+        for tp, at in batch.taken_at.items():  # (not self.taken_at: the next batch's, by now)
+            if at > 0:
+                metrics.EVENT_TIME.labels(tp.topic, str(tp.partition)).set(at / 1000)
         self.failure.recovered()
 
     async def _isolate(self, conn: asyncpg.Connection, batch: Batch, error: BaseException) -> Batch:
@@ -339,7 +341,9 @@ class PostgresSink:
             taken[i] = (tp, offset, value, Refused(REFUSED_BY_POSTGRES, why))
         log.error("postgres refused rows of a batch: dead-lettered, the rest is written", rows=len(found),
                   error=next(iter(found.values()))[:300])
-        return Batch(taken)  # the same messages, in the same order: dead letters sent stay sent
+        isolated = Batch(taken)  # the same messages, in the same order: dead letters sent stay sent
+        isolated.taken_at = batch.taken_at
+        return isolated
 
     async def _send_dead_letters(self, batch: Batch, sent: set[int]) -> None:
         """Publishes the batch's dead letters not yet acknowledged, and waits for Kafka's

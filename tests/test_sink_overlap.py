@@ -112,8 +112,9 @@ async def test_batches_commit_in_order_exactly_once_through_postgres_failures_an
         await caught_up(pg, len(first) + len(second) + len(third), a)
         assert await dropped >= 2
         counted.append(_counts(a))
-        # connections ended in the middle of a write (the others were idle: reconnected unseen)
-        assert a.metric("meterstream_sink_postgres_failures_total") + b_failures >= 2
+        # connections ended in the middle of a write (at least one of the five; the others were
+        # idle between two writes, and reconnected unseen)
+        assert a.metric("meterstream_sink_postgres_failures_total") + b_failures >= 1
     finally:
         if b.proc is not None and b.running():
             b.terminate()
