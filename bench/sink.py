@@ -10,6 +10,11 @@ database, sampling its memory. The rows it wrote are exported to CSV and loaded 
 another fresh database. Prints, per N: rows/s of both and their ratio (the goal:
 0.9), the sink's rate once its first batch is committed (start-up left out), its CPU time per
 row, and its peak and final resident memory (flat as N grows: memory is bounded by a batch).
+Then where the time went: the sink's first commit and its CPU per row after it, the broker's
+CPU per row, and, sampled every 20 ms, the CPU time of the sink's and psql's Postgres backends
+per row and on which core they ran, and how often the sink was sleeping (waiting).
+
+    python -m bench sink --pin-backend  # the sink's backend on CPU 1 (psql's as always)
 """
 
 from __future__ import annotations
@@ -98,8 +103,8 @@ class Backends:
     pg_stat_activity) and on which core they ran, and how often the client itself was
     waiting (sleeping) rather than running: where a row's wall time goes."""
 
-    def __init__(self, conn: asyncpg.Connection, client: int) -> None:
-        self.conn, self.client = conn, client
+    def __init__(self, conn: asyncpg.Connection, client: int, pin: int | None = None) -> None:
+        self.conn, self.client, self.pin = conn, client, pin
         self.ran: dict[int, int] = {}  # backend pid -> run time (ns) at the last sample
         self.on_cpu: dict[int, int] = defaultdict(int)  # core -> backend run time (ns) since the first sample
         self.samples = self.client_sleeping = self.backend_running = self.both_waiting = 0
@@ -116,6 +121,8 @@ class Backends:
             ran, st, cpu = state
             if pid in self.ran:
                 self.on_cpu[cpu] += ran - self.ran[pid]
+            elif self.pin is not None:  # a backend first seen: onto that core
+                subprocess.run(["taskset", "-p", "-c", str(self.pin), str(pid)], capture_output=True)
             self.ran[pid] = ran
             running = running or st == "R"
         if client is not None:
@@ -132,7 +139,7 @@ class Backends:
                 "idle": self.both_waiting / n}
 
 
-async def measure(rows: int, dev, admin_dsn: str) -> dict[str, Any]:  # noqa: ANN001
+async def measure(rows: int, dev, admin_dsn: str, pin_backend: bool = False) -> dict[str, Any]:  # noqa: ANN001
     settings = settings_mod.load(None, kafka={"bootstrap": dev.kafka.bootstrap,
                                               "topic_prefix": f"bench{uuid.uuid4().hex[:6]}."})
     await ensure_topics(settings, partitions=4)
@@ -153,7 +160,7 @@ async def measure(rows: int, dev, admin_dsn: str) -> dict[str, Any]:  # noqa: AN
         proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "meterstream.cli", "--log-level",
                                  "warning", "sink-postgres", "--http-port", "0"], env=env)
         peak, first = 0.0, None
-        backends = Backends(conn, proc.pid)
+        backends = Backends(conn, proc.pid, 1 if pin_backend else None)
         while (done := await conn.fetchval("SELECT coalesce(sum(next_offset), 0) FROM sink_offsets")) < rows:
             if done and first is None:
                 first = (time.perf_counter(), int(done), cpu_seconds(proc.pid))
@@ -203,9 +210,9 @@ async def measure(rows: int, dev, admin_dsn: str) -> dict[str, Any]:  # noqa: AN
             "cpu_us": cpu / rows * 1e6, "broker_us": broker_cpu / rows * 1e6, "peak": peak, "final": final}
 
 
-async def main_async(sizes: list[int], dev) -> None:  # noqa: ANN001
+async def main_async(sizes: list[int], dev, pin_backend: bool = False) -> None:  # noqa: ANN001
     admin_dsn = dsn_of(dev.postgres.dsn, "postgres")
-    results = [await measure(rows, dev, admin_dsn) for rows in sizes]
+    results = [await measure(rows, dev, admin_dsn, pin_backend) for rows in sizes]
     copy = "psql \\copy"
     print(f"{'rows':>10} {copy:>12} {'sink':>10} {'ratio':>6} {'sink after':>11} {'sink CPU':>9} "
           f"{'peak RSS':>9} {'end RSS':>8}")
@@ -230,10 +237,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, nargs="+", default=[300_000], help="one measurement per number")
     parser.add_argument("--scale", action="store_true", help=f"--rows {' '.join(map(str, SCALE))}")
+    parser.add_argument("--pin-backend", action="store_true",
+                        help="the sink's Postgres backend on CPU 1 (with the broker) as soon as it is seen, "
+                             "as a Postgres on other cores or another host would be; psql's backend as always")
     args = parser.parse_args()
     WORK.mkdir(parents=True, exist_ok=True)
     dev = services()  # synchronous: before the event loop
-    asyncio.run(main_async(list(SCALE) if args.scale else args.rows, dev))
+    asyncio.run(main_async(list(SCALE) if args.scale else args.rows, dev, args.pin_backend))
 
 
 if __name__ == "__main__":
