@@ -420,8 +420,14 @@ class PostgresSink:
         self.consumer.subscribe(list(self.handlers), listener=_Seeker(self))
         # Postgres connected while the consumer joins its group: the assignment's seek to the
         # stored offsets then only reads them (records fetched before it are fetched again)
-        await asyncio.gather(self._connect_first(), self.consumer.start())
+        connecting = asyncio.ensure_future(self._connect_first())
         try:
+            await self.consumer.start()
+        except BaseException:
+            connecting.cancel()
+            raise
+        try:
+            await connecting  # (Postgres refusing this process ends it here, with its error)
             last_flush, last_lag = time.monotonic(), 0.0  # the lag gauge from the first loop on
             while not self.stop_requested.is_set():
                 # taken in slices: while a batch is being written, the writer answers Postgres
