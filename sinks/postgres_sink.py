@@ -7,8 +7,11 @@ ON CONFLICT from it, since COPY cannot skip duplicates; see each handler module)
 next offset of every partition it covers into ``sink_offsets``. When partitions are assigned the consumer seeks to those
 offsets, so after a crash nothing is applied twice and nothing is skipped; the group's
 committed offsets are not used. A repeated record (same request_id, e.g. from a tailer
-restart) inserts nothing. While Postgres is away the batch is retried with backoff and
-nothing more is consumed; memory is bounded by ``sink.batch_rows``.
+restart) inserts nothing. A batch is written while the next is taken (write-behind: one
+being written, one filled, committed in order; the hand-over and the rebalance callbacks take
+the same lock). While Postgres is away the batch being written is retried with backoff, the
+next fills up and nothing more is consumed; memory is bounded by two batches of
+``sink.batch_rows``.
 
 A message that makes no row (no value, not a valid wire value: sinks/decode.py) or whose row
 the table refuses (sinks/isolate.py) is dead-lettered to ``haproxy.logs.rejected``: the dead
