@@ -1,84 +1,54 @@
-"""Ordered, acknowledged delivery of rounds of messages to Kafka (confluent-kafka, librdkafka).
+"""Ordered, acknowledged delivery of rounds of messages to Kafka (aiokafka).
 
 A round is a list of messages; ``send_round`` returns only once Kafka has acknowledged every
 one (idempotent producer, acks=all), or refused it for good. Order is what downstream
-exactness relies on (the high-water marks of meter/highwater.py drop a line that arrives
-behind a later one of its stream): within a partition messages are written in round order,
-a round is sent only after the previous one was acknowledged, and a round that fails (broker
-away, timeout, any error that is not a refusal) is resent whole, after backoff, on a fresh
-producer. A resent round can repeat messages already written, never reorder them behind
-later ones. docs/producer.md has the protocol; in short:
+exactness relies on: messages go out partition by partition in round order, a round is sent
+only after the previous one was acknowledged, and a round that fails (broker away, timeout)
+is resent whole, after backoff, on a fresh producer. A resent round can repeat messages
+already written, never reorder them behind later ones. Every aiokafka call that can hang
+while the broker is away is bounded (aio-libs/aiokafka#1101).
 
-- one librdkafka producer per RoundProducer, the delivery callback set once in its
-  configuration with ``delivery.report.only.error`` (a callback per message costs about as
-  much CPU as aiokafka did): a round is acknowledged when the producer holds nothing more
-  (``flush`` returned 0) and no failure was reported for it. Attempts are serialized (a lock):
-  rounds sent concurrently take turns, so the reports of one are never taken for another's;
-- ``enable.gapless.guarantee``: a batch that fails for good (a refusal) stops the producer
-  (a fatal error) instead of letting librdkafka renumber and send the batches behind it, so
-  nothing of a partition is ever written after a message of it that was not;
-- keyed messages take the partition of Java's and aiokafka's default partitioner
-  (``partitioner=murmur2_random``); ``Message.partition`` is honoured when set;
-- the event loop never waits on librdkafka: ``flush`` runs in a thread in slices of
-  ``SLICE_S``, so ``stopping`` ends a round (``Stopped``) within about that;
-- a round not acknowledged within ``send_timeout_s`` is purged and failed by us, before
-  librdkafka's own ``message.timeout.ms`` (longer) could time messages out one by one.
-
-A message the broker refuses for good (``REFUSED_CODES``: too large for the topic, an invalid
-timestamp or record, a topic policy, ...), or one larger than ``batch_bytes`` (refused by
-``produce()`` itself), is never retried: it is returned to the caller (``Refused``), logged
-(without content) and counted, and the rest of the round goes on; the caller dead-letters it.
-librdkafka fails a whole batch with the culprit's error, so the messages that failed with a
-refusal are resent one at a time, in order, through a second producer (the probe: not gapless,
-alone a message leaves no gap), to tell the culprit(s) from the others; the main producer is
-replaced by a spare kept connecting once a batch was refused. Errors an operator can fix
-(authorization, an unknown topic, the broker away) are retried, loudly.
+A message the broker refuses for good (too large for the topic, an invalid timestamp, a
+topic policy: ``REFUSED``, or one larger than a batch) is never retried: it is returned to
+the caller (``Refused``), logged and counted, and the rest of the round goes on; the caller
+dead-letters it. Errors an operator can fix (authorization, the broker away) are retried, loudly.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException, Producer
-from confluent_kafka import Message as KafkaMessage
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    InvalidTimestampError,
+    InvalidTopicError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    PolicyViolationError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    UnsupportedForMessageFormatError,
+)
+from aiokafka.partitioner import DefaultPartitioner
 from prometheus_client import Counter, Histogram
 
 from meterstream import logs
-from meterstream.kafka_clients import RdkafkaConfig, rdkafka_config
+from meterstream.kafka_clients import client_kwargs
 from meterstream.service import FailureClock
 from meterstream.settings import Settings
 
 log = logs.get(__name__)
-
-# What the broker (or produce() itself) refuses for a message or its batch: sending the same
-# message again cannot succeed. Everything else (the broker away, timeouts, authorization, an
-# unknown topic or partition, librdkafka's own _FATAL/_PURGE_*/_GAPLESS_GUARANTEE codes) is a
-# failure of the round, retried. docs/producer.md has the table and why.
-REFUSED_CODES: dict[int, str] = {
-    KafkaError.MSG_SIZE_TOO_LARGE: "larger than the topic's max.message.bytes (or the client's message.max.bytes)",
-    KafkaError.INVALID_MSG_SIZE: "an invalid message size",
-    KafkaError.RECORD_LIST_TOO_LARGE: "its batch is larger than the broker takes",
-    KafkaError.TOPIC_EXCEPTION: "the topic name is invalid for producing",
-    KafkaError.INVALID_TIMESTAMP: "its timestamp is out of the topic's range",
-    KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT: "the topic's message format cannot hold it",
-    KafkaError.POLICY_VIOLATION: "a topic policy refuses it",
-    KafkaError.INVALID_RECORD: "the broker found the record invalid (e.g. no key on a compacted topic)",
-}
+# what the broker refuses for a message itself: retrying the same message cannot succeed
+REFUSED: tuple[type[KafkaError], ...] = (
+    MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError, InvalidTopicError,
+    InvalidTimestampError, UnsupportedForMessageFormatError, PolicyViolationError)
 REFUSED_TOTAL = Counter("meterstream_produce_refused_total",
                         "Messages Kafka refused for good (not retried), by component and topic",
                         ["component", "topic"])
-SLICE_S = 0.05  # the longest a flush runs before the round looks at stopping and its deadline
-UNASSIGNED = -1  # librdkafka's RD_KAFKA_PARTITION_UA: the configured partitioner chooses
-
-
-def refused_for_good(code: int) -> bool:
-    """True when a message that failed with ``code`` must not be sent again (REFUSED_CODES)."""
-    return code in REFUSED_CODES
 
 
 @dataclass(slots=True)
@@ -108,87 +78,6 @@ class Stopped(Exception):
     """Raised by send_round when stop was requested before the round was acknowledged."""
 
 
-async def _in_thread(fn: Callable[..., Any], *args: Any) -> Any:
-    """``fn(*args)`` in a thread. If the awaiting task is cancelled, the thread is waited for
-    before the cancellation goes on: nobody may close a producer a flush is still inside."""
-    future = asyncio.ensure_future(asyncio.to_thread(fn, *args))
-    try:
-        return await asyncio.shield(future)
-    except asyncio.CancelledError:
-        while not future.done():
-            try:
-                await asyncio.wait({future})
-            except asyncio.CancelledError:
-                continue
-        raise
-
-
-class RoundFailed(Exception):
-    """One attempt at a round failed in a way that is not a refusal: resend after backoff."""
-
-
-@dataclass(slots=True)
-class _Session:
-    """What librdkafka's callbacks (served by flush/poll, in a worker thread) report of one
-    producer: appended to there, read by the round once flush has returned."""
-
-    failures: list[tuple[KafkaError, KafkaMessage]] = field(default_factory=list)
-    fatal: KafkaError | None = None
-
-
-class LibrdkafkaLog:
-    """librdkafka's ``logger``: its log lines go to our structlog logger, with the SASL
-    password (should a line ever hold it) blanked out."""
-
-    def __init__(self, secrets: Sequence[str]) -> None:
-        self._secrets = [s for s in secrets if s]
-
-    def scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text[:500]
-
-    def log(self, level: int, msg: str, *args: Any) -> None:
-        try:
-            text = msg % args if args else msg
-        except (TypeError, ValueError):
-            text = " ".join([msg, *map(str, args)])
-        text = self.scrub(text)
-        if "CONFWARN" in text and "enable.gapless.guarantee is experimental" in text:
-            level = logging.DEBUG  # chosen on purpose (docs/producer.md): not worth a warning each time
-        if level >= logging.ERROR:
-            log.error("librdkafka", line=text)
-        elif level >= logging.WARNING:
-            log.warning("librdkafka", line=text)
-        elif level >= logging.INFO:
-            log.info("librdkafka", line=text)
-        else:
-            log.debug("librdkafka", line=text)
-
-
-def producer_config(settings: Settings, component: str, kafka: RdkafkaConfig) -> RdkafkaConfig:
-    """librdkafka's producer configuration over the connection settings (rdkafka_config)."""
-    p = settings.produce
-    timeout_ms = int(p.send_timeout_s * 1000)
-    kafka.update({
-        "client.id": f"{settings.kafka.client_id}-{component}",
-        "enable.idempotence": True,
-        "acks": "all",
-        "enable.gapless.guarantee": True,
-        "partitioner": "murmur2_random",  # Java's and aiokafka's default partitioner for keyed messages
-        "linger.ms": p.linger_ms,
-        "batch.size": p.batch_bytes,
-        "message.max.bytes": max(p.batch_bytes, 1000),  # larger: refused by produce() itself
-        "request.timeout.ms": timeout_ms,
-        # longer than the round's own bound: the round purges first, librdkafka never times
-        # messages out one by one (which would leave gaps it then fills with later messages)
-        "message.timeout.ms": timeout_ms + 5000,
-        "delivery.report.only.error": True,
-        "compression.type": "none",
-    })
-    return kafka
-
-
 class RoundProducer:
     """``component`` names the client; ``latency`` and ``failures`` are the component's metrics
     (seconds from sending a round to its acknowledgement; rounds resent)."""
@@ -198,267 +87,103 @@ class RoundProducer:
         self._component = component
         self._latency = latency
         self._failures = failures
-        self._round = asyncio.Lock()  # one attempt at a time on the producer: reports stay apart
-        # "main" sends rounds (gapless); "probe" sends one suspect message at a time (not gapless:
-        # alone, a refused message leaves no gap, and the producer survives it); "spare", made
-        # once a batch was refused, replaces "main" at the next refusal (_replace_main)
-        self._clients: dict[str, tuple[Producer, _Session]] = {}
-        self._closing: asyncio.Future[None] | None = None  # a producer closed after a cancellation
+        self._connecting = asyncio.Lock()
+        self._producer: AIOKafkaProducer | None = None
+        self._partitioner = DefaultPartitioner()
+        self._partitions: dict[str, list[int]] = {}
+        self._partition_of: dict[tuple[str, bytes], int] = {}
         self.stopping = asyncio.Event()
         self.failure = FailureClock()
+        self._reset = False  # a refused batch spent sequence numbers: a fresh producer next round
         self.refused_at: float | None = None  # when a message was last refused (monotonic)
 
     # -- lifecycle -------------------------------------------------------------------------
-    def _connect(self, kind: str) -> tuple[Producer, _Session]:
-        """A fresh producer (it connects in the background: this does not wait on the broker).
-        The TLS and SASL files are read here, so a rotated password is picked up."""
-        config = rdkafka_config(self._settings.kafka)
-        scrubber = LibrdkafkaLog([config.get("sasl.password", ""), config.get("ssl.key.password", "")])
-        session = _Session()
-
-        def delivered(err: KafkaError | None, msg: KafkaMessage) -> None:  # failures only
-            if err is not None:
-                session.failures.append((err, msg))
-
-        def error(err: KafkaError) -> None:
-            if err.fatal():
-                session.fatal = err
-            log.warning("kafka producer error", component=self._component, code=err.name(),
-                        fatal=err.fatal(), error=scrubber.scrub(err.str()))
-
-        config = producer_config(self._settings, self._component, config)
-        config.update({"on_delivery": delivered, "error_cb": error, "logger": scrubber})
-        if kind == "probe":
-            config["enable.gapless.guarantee"] = False
-        return Producer(config), session
-
-    async def _close(self, producer: Producer) -> None:
-        """Purges what the producer still holds (never sent again by it) and closes it, in a
-        thread; one that does not close within stop_timeout_s is abandoned."""
-
-        def close() -> None:
-            for step in (lambda: producer.purge(True, True, True), lambda: producer.poll(0)):
-                try:
-                    step()
-                except KafkaException:  # a fatal error is raised once, by whichever call comes first
-                    pass
-            producer.close()
-
+    async def _connect(self) -> AIOKafkaProducer:
+        s = self._settings
+        producer = AIOKafkaProducer(
+            **client_kwargs(s.kafka),
+            client_id=f"{s.kafka.client_id}-{self._component}",
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=s.produce.linger_ms,
+            max_batch_size=s.produce.batch_bytes,
+            request_timeout_ms=int(s.produce.send_timeout_s * 1000),
+        )
         try:
-            await asyncio.wait_for(asyncio.to_thread(close), self._settings.produce.stop_timeout_s)
+            await asyncio.wait_for(producer.start(), s.produce.send_timeout_s)
+        except BaseException:
+            await self._close(producer)
+            raise
+        return producer
+
+    async def _close(self, producer: AIOKafkaProducer) -> None:
+        try:
+            await asyncio.wait_for(producer.stop(), self._settings.produce.stop_timeout_s)
         except (TimeoutError, Exception) as exc:  # noqa: BLE001 - abandon a producer that hangs
             log.warning("kafka producer did not stop cleanly; abandoned", error=type(exc).__name__)
 
-    async def _reset(self, kind: str | None = None) -> None:
-        """Closes the ``kind`` producer (both when None); the next attempt makes a fresh one."""
-        for k in [kind] if kind else list(self._clients):
-            client = self._clients.pop(k, None)
-            if client is not None:
-                await self._close(client[0])
-
     async def stop(self) -> None:
         self.stopping.set()
-        async with self._round:  # a round sees stopping within SLICE_S and lets go
-            await self._reset()
+        if self._producer is not None:
+            await self._close(self._producer)
+            self._producer = None
 
-    # -- one attempt -----------------------------------------------------------------------
-    async def _attempt(self, batch: list[Message],
-                       kind: str = "main") -> tuple[list[tuple[int, KafkaError]], list[Refused]]:
-        """Produces ``batch`` on the current producer and waits until librdkafka holds none of
-        it. Returns the failures reported (index in ``batch``, error; empty: every message not
-        refused locally is acknowledged) and the messages produce() refused itself. Raises
-        Stopped, or RoundFailed when the attempt timed out or could not be made."""
-        async with self._round:
-            if self.stopping.is_set():
-                raise Stopped()
-            if kind not in self._clients:
-                try:
-                    self._clients[kind] = self._connect(kind)
-                except KafkaException as exc:
-                    raise RoundFailed(f"producer: {exc.args[0].name() if exc.args else exc}") from None
-            client = self._clients[kind]
-            producer, session = client
-            session.failures.clear()
-            try:
-                local, unsent = await self._produce_and_flush(producer, session, batch)
-            except asyncio.CancelledError:  # the round is given up: so is what the producer holds
-                if self._clients.get(kind) is client:
-                    del self._clients[kind]
-                    self._closing = asyncio.ensure_future(self._close(producer))
-                raise
-            if session.fatal is not None or (session.failures and kind == "main"):
-                # a fatal error cannot be cleared, and a failed batch spent sequence numbers:
-                # the next attempt is made on a fresh producer (the probe bumps its epoch and
-                # goes on: it only ever has one message outstanding)
-                if self._clients.get(kind) is client:
-                    del self._clients[kind]
-                    if kind == "main" and session.fatal is not None:
-                        self._replace_main()
-                await self._close(producer)
-            failed = self._locate(batch, session.failures)
-            if unsent is not None and session.fatal is not None:  # never produced: failed too
-                failed = sorted([*failed, (unsent, session.fatal)], key=lambda f: f[0])
-            return failed, local
+    # -- sending -----------------------------------------------------------------------------
+    def _partition(self, producer: AIOKafkaProducer, topic: str, key: bytes) -> int:
+        cached = self._partition_of.get((topic, key))
+        if cached is None:
+            partitions = self._partitions[topic]
+            cached = self._partitioner(key, partitions, partitions)
+            if len(self._partition_of) > 10_000:  # bounded: keys like usage windows rarely repeat
+                self._partition_of.clear()
+            self._partition_of[(topic, key)] = cached
+        return cached
 
-    def _replace_main(self) -> None:
-        """After a refused batch stopped the main producer: the spare made at the previous one
-        takes over, and a new spare starts connecting. A fresh idempotent producer waits for
-        its producer id (0.1-0.5 s) before it sends anything; a topic that refuses messages
-        usually refuses again, and this keeps that wait out of every round."""
-        try:
-            spare = self._clients.pop("spare", None)
-            self._clients["main"] = spare if spare is not None else self._connect("main")
-            self._clients["spare"] = self._connect("main")
-        except KafkaException:
-            pass  # the next attempt makes its producer itself, and says why it cannot
-
-    async def _produce_and_flush(self, producer: Producer, session: _Session,
-                                 batch: list[Message]) -> tuple[list[Refused], int | None]:
-        """Returns the messages produce() refused, and the position of the first message not
-        produced because the producer had failed fatally meanwhile (None: all were)."""
-        s = self._settings.produce
-        unsent: int | None = None
-        deadline = time.monotonic() + s.send_timeout_s
-        local: list[Refused] = []
-        produce = producer.produce
-        for i, m in enumerate(batch):
-            partition = UNASSIGNED if m.partition is None else m.partition
-            while True:
-                try:
-                    # positional (topic, value, key, partition, callback, on_delivery, timestamp):
-                    # keyword arguments cost confluent-kafka about 0.5 µs a call more
-                    if m.timestamp_ms is None:
-                        produce(m.topic, m.value, m.key, partition)
-                    else:
-                        produce(m.topic, m.value, m.key, partition, None, None, m.timestamp_ms)
-                    break
-                except BufferError:  # the queue is full: let librdkafka send some, never drop
-                    await self._flush(producer, session)
-                    await self._check(deadline)
-                except KafkaException as exc:
-                    err: KafkaError = exc.args[0]
-                    if session.fatal is not None or err.fatal() or err.code() == KafkaError._FATAL:
-                        unsent = i  # a batch before it was refused (gapless): the rest waits
-                        break
-                    if not refused_for_good(err.code()):
-                        await self._abandon()
-                        raise RoundFailed(f"produce: {err.name()}") from None
-                    local.append(Refused(m, f"{err.name()}: {REFUSED_CODES[err.code()]} "
-                                            f"(client message.max.bytes {s.batch_bytes})"))
-                    break
-            if unsent is not None:
-                break
-            if i & 1023 == 1023:  # produce() copies each value: 1,024 of 64 KiB take ~15 ms
-                await asyncio.sleep(0)
-        while await self._flush(producer, session):
-            if session.fatal is not None:  # gapless: the producer sends nothing more
-                await self._drain(producer, session)
-                break
-            await self._check(deadline)
-        return local, unsent
-
-    async def _flush(self, producer: Producer, session: _Session) -> int:
-        """One flush slice; returns how many messages the producer still holds. A fatal error
-        (the gapless guarantee invoked after a refused batch) is raised by flush itself: it is
-        noted on the session (and not also given to error_cb)."""
-        try:
-            return int(await _in_thread(producer.flush, SLICE_S))
-        except KafkaException as exc:
-            err: KafkaError = exc.args[0]
-            if not err.fatal():
-                await self._abandon()
-                raise RoundFailed(f"flush: {err.name()}") from None
-            if session.fatal is None:
-                session.fatal = err
-                log.warning("kafka producer failed fatally; purged and replaced", component=self._component,
-                            code=err.name(), error=err.str()[:300])
-            return len(producer)
-
-    async def _check(self, deadline: float) -> None:
-        """Between flush slices: stop requested, or the round's time is up."""
-        if self.stopping.is_set():
-            await self._abandon()
-            raise Stopped()
-        if time.monotonic() > deadline:
-            await self._abandon()
-            raise RoundFailed(f"round not acknowledged within {self._settings.produce.send_timeout_s}s")
-
-    async def _drain(self, producer: Producer, session: _Session) -> None:
-        """After a fatal error: what librdkafka still holds is purged and reported failed."""
-        await _in_thread(producer.purge, True, True, True)
-        for _ in range(int(self._settings.produce.stop_timeout_s / SLICE_S) + 1):
-            if not await self._flush(producer, session):
-                return
-        await self._abandon()  # its reports are incomplete: the attempt cannot be judged
-        raise RoundFailed("a producer that failed fatally did not report all its messages")
-
-    async def _abandon(self) -> None:
-        """The current producer is purged and closed: nothing it holds is sent any more."""
-        await self._reset()
-
-    @staticmethod
-    def _locate(batch: list[Message], failures: list[tuple[KafkaError, KafkaMessage]]) -> list[tuple[int, KafkaError]]:
-        """The positions in ``batch`` of the messages reported failed, found by content (the
-        reports carry topic, key and value, not our objects). Of equal messages, each report
-        takes the first not yet taken, so a failure is never placed later than it was."""
-        if not failures:
-            return []
-        where: dict[tuple[Any, Any, Any], list[int]] = {}
-        for i, m in enumerate(batch):
-            where.setdefault((m.topic, m.key, m.value), []).append(i)
-        located: list[tuple[int, KafkaError]] = []
-        for err, msg in failures:
-            spots = where.get((msg.topic(), msg.key(), msg.value()))
-            if not spots:  # cannot happen; if it did, the whole batch counts as failed from its start
-                located.append((0, err))
-            elif len(spots) > 1:
-                located.append((spots.pop(0), err))
-            else:
-                located.append((spots[0], err))
-        return sorted(located, key=lambda f: f[0])
-
-    # -- rounds ------------------------------------------------------------------------------
-    async def _send(self, messages: list[Message]) -> list[Refused]:
-        """One pass at a round: returns once each message is acknowledged or refused for good.
-        Raises RoundFailed on any other failure (the caller resends the whole round)."""
-        pending = list(messages)
-        alone: set[int] = set()  # id() of messages that failed with a refusal: sent one at a time
+    async def _send_partition(self, producer: AIOKafkaProducer, topic: str, partition: int,
+                              messages: list[Message]) -> list[Refused]:
         refused: list[Refused] = []
-        while pending:
-            first_alone = next((i for i, m in enumerate(pending) if id(m) in alone), None) if alone else None
-            if first_alone is None:
-                batch = pending
-            elif first_alone == 0:
-                batch = pending[:1]
-            else:
-                batch = pending[:first_alone]
-            failed, local = await self._attempt(batch, "probe" if len(batch) == 1 and id(batch[0]) in alone
-                                                else "main")
-            refused += local
-            gone = {id(r.message) for r in local}
-            if not failed:
-                pending = pending[len(batch):]
+        i = 0
+        while i < len(messages):
+            start = i
+            batch = producer.create_batch()
+            while i < len(messages):
+                m = messages[i]
+                if batch.append(key=m.key, value=m.value, timestamp=m.timestamp_ms) is None:
+                    break
+                i += 1
+            if batch.record_count() == 0:
+                size = len(messages[i].value or b"") + len(messages[i].key or b"")
+                refused.append(Refused(messages[i], f"{size} bytes do not fit a batch of "
+                                                    f"{self._settings.produce.batch_bytes}"))
+                i += 1
                 continue
-            codes = [err.code() for _, err in failed]
-            if not any(refused_for_good(c) for c in codes):
-                first = failed[0][1]
-                raise RoundFailed(f"{first.name()}: {first.str()[:200]} ({len(failed)} of {len(batch)} messages)")
-            if len(batch) == 1 and refused_for_good(codes[0]):
-                code = codes[0]
-                refused.append(Refused(batch[0], f"{KafkaError(code).name()}: {REFUSED_CODES[code]}"))
-                pending = pending[1:]
-                continue
-            # a batch was refused: what precedes its first failure is written; the messages
-            # that failed with a refusal are resent alone, in order, to find the culprit(s)
-            start = failed[0][0]
-            alone |= {id(batch[i]) for i, err in failed if refused_for_good(err.code())}
-            log.info("kafka refused a batch; resending its messages one at a time", component=self._component,
-                     messages=sum(1 for _, err in failed if refused_for_good(err.code())))
-            pending = [m for m in batch[start:] if id(m) not in gone] + pending[len(batch):]
-        if len(refused) > 1:
-            order = {id(m): i for i, m in enumerate(messages)}
-            refused.sort(key=lambda r: order[id(r.message)])
+            future = await producer.send_batch(batch, topic, partition=partition)
+            try:
+                await future  # the next batch of this partition only after this one is written
+            except REFUSED as exc:
+                self._reset = True  # its sequence numbers are spent: a fresh producer after the round
+                chunk = messages[start:i]
+                if len(chunk) == 1:
+                    refused.append(Refused(chunk[0], type(exc).__name__))
+                else:  # which of them? one by one, in order
+                    for m in chunk:
+                        refused += await self._send_partition(producer, topic, partition, [m])
         return refused
+
+    async def _send_once(self, messages: list[Message]) -> list[Refused]:
+        async with self._connecting:  # rounds may be sent concurrently: connect once
+            if self._producer is None:
+                self._producer = await self._connect()
+        producer = self._producer
+        for topic in {m.topic for m in messages} - self._partitions.keys():
+            found = await asyncio.wait_for(producer.partitions_for(topic), self._settings.produce.send_timeout_s)
+            self._partitions[topic] = sorted(found)
+        groups: dict[tuple[str, int], list[Message]] = defaultdict(list)
+        for m in messages:
+            partition = m.partition if m.partition is not None else self._partition(producer, m.topic, m.key)
+            groups[(m.topic, partition)].append(m)
+        results = await asyncio.gather(*(self._send_partition(producer, t, p, ms) for (t, p), ms in groups.items()))
+        return [r for refused in results for r in refused]
 
     async def send_round(self, messages: list[Message]) -> list[Refused]:
         """Deliver ``messages``; retries with backoff until each is acknowledged or refused for
@@ -468,33 +193,44 @@ class RoundProducer:
         attempt = 0
         while True:
             started = time.monotonic()
+            send = asyncio.ensure_future(self._send_once(messages))
+            stop = asyncio.ensure_future(self.stopping.wait())
             try:
-                refused = await self._send(messages)
-            except RoundFailed as exc:
-                error = str(exc)
+                done, _ = await asyncio.wait({send, stop}, timeout=self._settings.produce.send_timeout_s,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                if send in done:
+                    refused = send.result()
+                    self._latency.observe(time.monotonic() - started)
+                    self.failure.recovered()
+                    if refused:
+                        await self._refused(refused)
+                    return refused
+                if stop in done:
+                    raise Stopped()
+                raise TimeoutError(f"round not acknowledged within {self._settings.produce.send_timeout_s}s")
             except Stopped:
+                send.cancel()
                 raise
             except Exception as exc:  # noqa: BLE001 - any failure: resend the whole round
-                error = f"{type(exc).__name__}: {str(exc)[:200]}"
-            else:
-                self._latency.observe(time.monotonic() - started)
-                self.failure.recovered()
-                if refused:
-                    self._refused(refused)
-                return refused
-            attempt += 1
-            self._failures.inc()
-            self.failure.failed()
-            log.warning("kafka round failed; resending on a new producer", component=self._component,
-                        attempt=attempt, error=error, messages=len(messages))
-            async with self._round:
-                await self._reset()
-            delay = min(self._settings.produce.retry_backoff_max_s, 0.2 * 2 ** min(attempt, 10))
-            try:
-                await asyncio.wait_for(self.stopping.wait(), delay)
-                raise Stopped() from None
-            except TimeoutError:
-                pass
+                send.cancel()
+                attempt += 1
+                self._failures.inc()
+                self.failure.failed()
+                log.warning("kafka round failed; resending on a new producer", attempt=attempt,
+                            error=f"{type(exc).__name__}: {str(exc)[:200]}", messages=len(messages))
+                if self._producer is not None:
+                    old, self._producer = self._producer, None
+                    await self._close(old)
+                self._partitions.clear()
+                self._partition_of.clear()
+                delay = min(self._settings.produce.retry_backoff_max_s, 0.2 * 2 ** min(attempt, 10))
+                try:
+                    await asyncio.wait_for(self.stopping.wait(), delay)
+                    raise Stopped() from None
+                except TimeoutError:
+                    pass
+            finally:
+                stop.cancel()
 
     async def deliver(self, messages: list[Message], dead_letter: Callable[[Refused], Message]) -> list[Refused]:
         """``send_round``, where each message Kafka refuses for good is replaced by its dead
@@ -520,9 +256,12 @@ class RoundProducer:
             refused = await self.send_round([r.message for r in refused])
         return []
 
-    def _refused(self, refused: list[Refused]) -> None:
+    async def _refused(self, refused: list[Refused]) -> None:
         self.refused_at = time.monotonic()
         for r in refused:
             REFUSED_TOTAL.labels(self._component, r.message.topic).inc()
             log.error("kafka refused a message for good; not retried", topic=r.message.topic,
                       bytes=len(r.message.value or b""), error=r.error)
+        if self._reset and self._producer is not None:
+            old, self._producer, self._reset = self._producer, None, False
+            await self._close(old)
