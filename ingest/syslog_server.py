@@ -37,8 +37,7 @@ from meterstream.ingest.pipeline import Encoder
 from meterstream.ingest.syslog_framing import FrameReader
 from meterstream.ingest.syslog_peers import AllowList, Senders, Throttle, show
 from meterstream.ingest.syslog_queue import ByteQueue
-from meterstream.producer import Message, Stopped
-from meterstream.producer_rdkafka import LibrdkafkaRoundProducer
+from meterstream.producer import Message, RoundProducer, Stopped
 from meterstream.settings import Settings
 
 log = logs.get(__name__)
@@ -104,7 +103,7 @@ class SyslogReceiver:
         self.allow = AllowList(s.allowed_networks)
         self.senders = Senders(self.allow, s.udp_max_senders, s.udp_sender_idle_s)
         self.encoder = Encoder(settings)
-        self.producer = LibrdkafkaRoundProducer(settings, "ingest", metrics.PRODUCE_LATENCY, metrics.PRODUCE_FAILURES)
+        self.producer = RoundProducer(settings, "ingest", metrics.PRODUCE_LATENCY, metrics.PRODUCE_FAILURES)
         self.stop_requested = asyncio.Event()
         self.udp_port: int | None = None
         self.tcp_port: int | None = None

@@ -20,8 +20,7 @@ from meterstream.ingest.checkpoint import Checkpoint, CheckpointStore
 from meterstream.ingest.files import FileSet, FollowedFile, Line, Lines, path_text
 from meterstream.ingest.pipeline import Encoder
 from meterstream.ingest.progress import ImportProgress
-from meterstream.producer import Message, Stopped
-from meterstream.producer_rdkafka import LibrdkafkaRoundProducer
+from meterstream.producer import Message, RoundProducer, Stopped
 from meterstream.settings import Settings
 
 log = logs.get(__name__)
@@ -59,7 +58,7 @@ class Tailer:
             complete={s for s, e in self.checkpoint.streams.items() if e.complete},
         )
         self.encoder = Encoder(settings)
-        self.producer = LibrdkafkaRoundProducer(settings, "ingest", metrics.PRODUCE_LATENCY, metrics.PRODUCE_FAILURES)
+        self.producer = RoundProducer(settings, "ingest", metrics.PRODUCE_LATENCY, metrics.PRODUCE_FAILURES)
         self.stop_requested = asyncio.Event()
         self._continuations: list[FollowedFile] = []
         self._unsaved_since: float | None = None  # first advance not yet written

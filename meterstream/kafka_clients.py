@@ -1,7 +1,6 @@
 """The connection settings of every Kafka client, from the one ``kafka`` settings section.
 
-Every aiokafka consumer and admin client is made with ``**client_kwargs(kafka)``, every
-librdkafka (confluent-kafka) producer with ``rdkafka_config(kafka)`` (meterstream/producer.py)
+Every aiokafka producer, consumer and admin client is made with ``**client_kwargs(kafka)``
 and the faust worker gets ``faust_credentials(kafka)`` as its ``broker_credentials``: no
 client is configured by hand, so TLS and SASL reach all of them (docs/security.md).
 Files (the CA, the client certificate and key, the password file) are read when a client is
@@ -69,39 +68,6 @@ def client_kwargs(kafka: KafkaSettings) -> dict[str, Any]:
     """The keyword arguments every aiokafka client (AIOKafkaProducer, AIOKafkaConsumer,
     AIOKafkaAdminClient) takes first: the bootstrap servers, TLS and SASL."""
     return {"bootstrap_servers": kafka.bootstrap, **security_kwargs(kafka)}
-
-
-class RdkafkaConfig(dict[str, Any]):
-    """librdkafka's configuration: a dict (confluent-kafka takes it as is) whose repr and str
-    hide the secrets it holds, so that printing or logging it cannot leak them."""
-
-    SECRETS = frozenset({"sasl.password", "ssl.key.password", "ssl.keystore.password"})
-
-    def __repr__(self) -> str:
-        return repr({k: "***" if k in self.SECRETS else v for k, v in self.items()})
-
-    __str__ = __repr__
-
-
-def rdkafka_config(kafka: KafkaSettings) -> RdkafkaConfig:
-    """librdkafka's connection properties from the ``kafka`` section: the bootstrap servers,
-    TLS (the broker's certificate verified against ``ssl_cafile``, or the system's trust store
-    when empty, and its name against the bootstrap address) and SASL. The files are checked
-    (and the password file read) now, so a client made later picks up a rotated one; an
-    unusable file is named, never its content (KafkaSecurityError)."""
-    config = RdkafkaConfig({"bootstrap.servers": kafka.bootstrap,
-                            "security.protocol": kafka.security_protocol.lower()})
-    if kafka.security_protocol in ("SSL", "SASL_SSL"):
-        ssl_context(kafka)  # the same checks and messages as every other client's
-        config["ssl.ca.location"] = kafka.ssl_cafile or "probe"  # probe: the system's trust store
-        config["ssl.endpoint.identification.algorithm"] = "https"  # the broker's name is verified
-        if kafka.ssl_certfile:
-            config["ssl.certificate.location"] = kafka.ssl_certfile
-            config["ssl.key.location"] = kafka.ssl_keyfile
-    if kafka.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
-        config.update({"sasl.mechanism": kafka.sasl_mechanism, "sasl.username": kafka.sasl_username,
-                       "sasl.password": sasl_password(kafka)})
-    return config
 
 
 def faust_credentials(kafka: KafkaSettings) -> Any:
