@@ -143,9 +143,14 @@ class FastJson:
         texts = [name for name, field in fields.items()
                  if (name not in CONVERSIONS or name in AS_LOGGED_FIRST) and _may_hold_text(field["schema"])]
         empty_is_default = [name for name in texts if fields[name]["schema"].get("default", None) == ""]
-        # (itemgetter gives a tuple from two names on: "v", the schema version, is never text)
-        self._dash_or_empty = itemgetter(*[n for n in texts if n not in empty_is_default], "v")
-        self._dash = itemgetter(*empty_is_default, "v")
+        # the text fields, those where "" is not the default first: a line is deferred for "-" in
+        # any of them, "" in those; read from the values (tier 2) or the Struct (tier 1) in this
+        # order, with "ts" (never text) last so that one name still gives a tuple
+        empty_absent = [n for n in texts if n not in empty_is_default]
+        checked = [*empty_absent, *empty_is_default, "ts"]
+        self._texts = itemgetter(*checked)
+        self._line_texts = attrgetter(*checked)
+        self._empty_absent = len(empty_absent)
         self._src_json: dict[str, bytes | None] = {}
         # the record's line (HAProxy's log-format writing LogRecord's JSON but `v` and `src`):
         # the model's fast decoder (schemas/fast_decode.py) takes it as it is, unknown keys (and a
@@ -157,10 +162,6 @@ class FastJson:
                                                               ignore_unknown=True)
         except fast_decode.FastPathUnavailable:
             self._record_line = None
-        # the text fields, those where "" is not the default first: "-" in any, "" in those
-        empty_absent = [n for n in texts if n not in empty_is_default]
-        self._line_texts = attrgetter(*empty_absent, *empty_is_default, "ts")  # ("ts": a tuple whatever the count)
-        self._empty_absent = len(empty_absent)
         self._v_json = b'{"v":%d,' % LogRecord.model_fields["v"].default
         # key_of takes a LogRecord: one that holds each line's validated values in turn (never
         # handed out; key_of reads fields, and src, which it has no use for, is not among them)
@@ -197,7 +198,7 @@ class FastJson:
         if src is None:
             return [None] * len(lines)
         validate, keyed = self._validator.validate_json, self._keyed
-        dash_or_empty, dash = self._dash_or_empty, self._dash
+        values_texts = self._texts
         record_line, encode = self._record_line, msgspec.json.encode
         line_texts, empty_absent, v_json = self._line_texts, self._empty_absent, self._v_json
         classic = self._classic
@@ -220,8 +221,8 @@ class FastJson:
                 if done is None and classic:
                     try:
                         values = validate(raw)
-                        texts = dash_or_empty(values)
-                        if not ("-" in texts or "" in texts or "-" in dash(values)):
+                        texts = values_texts(values)
+                        if not ("-" in texts or "" in texts[:empty_absent]):
                             _set(keyed, "__dict__", values)
                             done = key_of(keyed), orjson.dumps(values)[:-1] + src + b"%d}}" % offset, values["ts"]
                     except Exception:  # noqa: BLE001 - invalid, or a conversion's own error: the reference decides
