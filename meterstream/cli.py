@@ -312,12 +312,13 @@ def vault_decrypt(obj: Context, version_file: Path, output: Path | None) -> None
 def sink_postgres(obj: Context, http_port: int | None) -> None:
     """Persist haproxy.logs into haproxy_raw_logs exactly once: rows and consumed offsets in
     one transaction (binary COPY), idempotent on request_id."""
+    from meterstream import memory
     from meterstream.service import serve
-    from meterstream.sinks.postgres_sink import PostgresSink, tune_collector
+    from meterstream.sinks.postgres_sink import PostgresSink
 
     settings = _with(obj.settings, http={"port": http_port} if http_port is not None else {})
     sink = PostgresSink(settings)
-    tune_collector()
+    memory.tune_collector()  # the process runs this stage alone
     _run(serve("sink-postgres", settings, sink.run, sink.request_stop, sink.health))
 
 

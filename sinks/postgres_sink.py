@@ -23,14 +23,12 @@ dead letters, never a row; docs/sinks.md).
 from __future__ import annotations
 
 import asyncio
-import gc
 import time
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any
 
 import asyncpg
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, ConsumerRecord, TopicPartition
 from aiokafka.errors import IllegalStateError
 
 from meterstream import logs, pg
@@ -47,10 +45,6 @@ from meterstream.sinks.isolate import REFUSED, refused_rows
 
 log = logs.get(__name__)
 LAG_INTERVAL_S = 1.0
-# the collector's first generation runs after this many new objects (Python's default: 700):
-# a batch holds about two objects per message, which would make it run every few hundred
-# messages, its later generations over the whole batch
-GC_THRESHOLD = 50_000
 # messages taken at a time (about 3 ms of the sink's work)
 SLICE = 500
 # messages a batch goes with when nothing is being written (about 13 ms of the sink's work)
@@ -93,17 +87,6 @@ class Batch:
 
     def __len__(self) -> int:
         return len(self.taken)
-
-
-def tune_collector() -> None:
-    """For a process that runs the sink (the command, not the demo that runs it among others):
-    what is alive at start (modules, models' validators) lives as long as the process, so it is
-    frozen out of the garbage collector's way, and the first generation runs every
-    GC_THRESHOLD new objects, so that the collector's passes over a batch stay rare (together
-    about 0.8 us per message of the sink's 10 on this machine)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_THRESHOLD, 20, 20)
 
 
 class _Seeker(ConsumerRebalanceListener):
@@ -347,7 +330,7 @@ class PostgresSink:
         log.warning("messages dead-lettered to haproxy.logs.rejected", count=len(letters), first=first)
 
     # -- Kafka -------------------------------------------------------------------------------
-    def _take(self, tp: TopicPartition, messages: list[Any]) -> None:
+    def _take(self, tp: TopicPartition, messages: list[ConsumerRecord]) -> None:
         """Adds a partition's fetched messages to the batch: one pass from each value's bytes
         to its row (or the reason it is a dead letter). The hot loop of the sink."""
         # Only records at or past the position this sink set for the partition: aiokafka can

@@ -54,8 +54,7 @@ async def write(conn: asyncpg.Connection, rows: list[tuple]) -> int:
     """
     try:
         async with conn.transaction():  # a savepoint inside the batch's transaction
-            await conn.copy_records_to_table(TABLE, records=rows, columns=COLUMNS)
-        return len(rows)
+            return await write_new(conn, rows)
     except asyncpg.UniqueViolationError:
         pass
     await conn.copy_records_to_table(STAGING, records=rows, columns=COLUMNS)
